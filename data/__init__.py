@@ -1,0 +1,1 @@
+"""Sharded datasets: format, storage, epoch plan, streaming reader, generators and converters."""

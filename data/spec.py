@@ -1,0 +1,88 @@
+"""The ``data`` section of a job spec (torch-free)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+_URL_SCHEMES = ("file://", "s3://", "gs://", "gcs://", "az://", "abfs://", "memory://", "http://", "https://")
+
+
+def check_url(url: str) -> str:
+    """A dataset or runs-root URL: a local path or ``scheme://...`` with a known fsspec scheme."""
+    if not url or url.strip() != url:
+        raise ValueError("must be a non-empty path or URL without surrounding spaces")
+    if "://" in url:
+        if not url.startswith(_URL_SCHEMES):
+            scheme = url.split("://", 1)[0]
+            raise ValueError(
+                f"unsupported URL scheme {scheme!r}; use a local path or one of "
+                + ", ".join(s.rstrip(":/") for s in _URL_SCHEMES)
+            )
+        rest = url.split("://", 1)[1]
+        if url.startswith(("s3://", "gs://", "gcs://")) and not rest.strip("/"):
+            raise ValueError("an object-store URL needs a bucket, e.g. s3://bucket/datasets/ns2d")
+    return url
+
+
+class SourceSpec(BaseModel):
+    """One dataset version in a (possibly weighted) mixture."""
+
+    model_config = _CONFIG
+
+    url: str
+    """Dataset version root (holds manifest.json): local path, file://, s3://bucket/prefix, or any fsspec URL."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative sampling weight of this dataset in the training mixture."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return check_url(value)
+
+
+class StorageSpec(BaseModel):
+    """Object-store connection. Credentials are never written in a spec: they come from the environment."""
+
+    model_config = _CONFIG
+
+    endpoint_url: str | None = None
+    """S3 endpoint (e.g. http://127.0.0.1:8333 for SeaweedFS). Default: AWS_ENDPOINT_URL / S3_ENDPOINT_URL
+    from the environment, else AWS."""
+    region: str | None = None
+    """S3 region name, where the store needs one."""
+    anon: bool = False
+    """Read public buckets without credentials."""
+
+
+class DataSpec(BaseModel):
+    """Where the training and validation data live and how they are streamed."""
+
+    model_config = _CONFIG
+
+    train: list[SourceSpec] = Field(min_length=1)
+    """Training datasets; several form a weighted mixture interleaved deterministically."""
+    val: list[SourceSpec] = Field(default_factory=list)
+    """Validation datasets (evaluated every ``train.eval_every`` steps and at the end)."""
+    canonical_streams: int = Field(default=8, ge=1)
+    """C: number of canonical streams; the sample order is identical for every world size dividing C."""
+    shuffle_window: int = Field(default=4, ge=1)
+    """Shards shuffled together within one window (more mixes better, costs cache space)."""
+    prefetch: int = Field(default=4, ge=0)
+    """Shards downloaded ahead of the plan per rank."""
+    num_workers: int = Field(default=1, ge=0)
+    """DataLoader worker processes per rank that decode the mapped shards (0 = in the training process)."""
+    cache_dir: str | None = None
+    """Local shard cache directory (default: a temporary directory per rank)."""
+    cache_limit_bytes: int | None = Field(default=None, gt=0)
+    """Upper bound on the shard cache size per rank (default: prefetch + shuffle_window shards)."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Object-store endpoint settings (credentials from the environment)."""
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "DataSpec":
+        urls = [s.url for s in self.train]
+        if len(set(urls)) != len(urls):
+            raise ValueError("data.train lists the same dataset URL twice; merge them and set one weight")
+        return self

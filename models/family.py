@@ -1,0 +1,32 @@
+"""The contract every model family fulfils (see docs/contracts.md).
+
+Torch-free on purpose: the orchestrator imports this module to validate specs without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the trainer needs from a model family; nothing here knows about distribution."""
+
+    name: str
+    build_model: Callable[[Any], Any]
+    """(spec) -> nn.Module, single-device; must work under ``torch.device("meta")``."""
+    make_transform: Callable[[Any, Any], Callable]
+    """(spec, manifest) -> transform(sample: dict[str, ndarray], rng) -> example; picklable."""
+    collate: Callable[[list], dict]
+    """list of examples -> dict of batched tensors."""
+    loss: Callable[[Any, dict, Any], Any]
+    """(outputs, batch, spec) -> scalar tensor, where outputs = model(batch)."""
+    metrics: Callable[[Any, dict, Any], dict]
+    """(outputs, batch, spec) -> {name: per-example tensor of shape [b]}."""
+    example_batch: Callable[[Any, int], dict]
+    """(spec, batch_size) -> synthetic batch of the right shapes."""
+    median_metrics: tuple[str, ...] = ()
+    """Metric names whose median over the eval set is logged beside the mean."""
+    plots: Callable[[Any, dict, Any, Any], dict] | None = None
+    """(model, batch, outputs, spec) -> {name: matplotlib Figure}, logged at the end (rank 0)."""
