@@ -1,0 +1,142 @@
+"""`sciscale status | logs | stop | ls`: runs in a runs root and jobs on a Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from orchestrator.runs import RunState, absolute_root, finish_run, list_runs, mlflow_client, read_record
+
+
+def _cluster(args) -> str:
+    address = args.cluster or os.environ.get("SCISCALE_CLUSTER")
+    if not address:
+        raise ValueError("no cluster given. Hint: pass --cluster http://HEAD:8265 or export SCISCALE_CLUSTER")
+    return address
+
+
+def _client(args):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(_cluster(args))
+    except ConnectionError as exc:
+        raise ValueError(f"cannot reach the Ray Job API at {_cluster(args)}: {exc}. Hint: is the head running "
+                         "(`ray start --head` or `sciscale stack up`) and is the dashboard port right?") from None
+
+
+def _job_info(client, job_id: str):
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as exc:
+        raise ValueError(f"no job {job_id!r} on the cluster ({exc}). Hint: `sciscale ls --cluster ...`") from None
+
+
+def cmd_status(args) -> int:
+    if args.cluster or os.environ.get("SCISCALE_CLUSTER"):
+        client = _client(args)
+        info = _job_info(client, args.target)
+        meta = info.metadata or {}
+        print(f"job {args.target}: {info.status.value}")
+        if info.message:
+            print(f"  message: {info.message}")
+        for key in ("sciscale_run_id", "mlflow_run_id", "tracking_uri"):
+            if key in meta:
+                print(f"  {key}: {meta[key]}")
+        return 0
+    record = read_record(absolute_root(args.runs_root), args.target)
+    if record is None:
+        raise ValueError(f"no run {args.target!r} in runs root {absolute_root(args.runs_root)}. Hint: "
+                         "`sciscale ls` lists runs; pass --cluster for a job id")
+    run = mlflow_client(record.tracking_uri).get_run(record.mlflow_run_id)
+    print(f"run {record.run_id}: {run.info.status} (attempt {record.attempts + 1})")
+    print(f"  mlflow run: {record.mlflow_run_id} at {record.tracking_uri}")
+    latest = {k: v for k, v in run.data.metrics.items() if k.startswith(("train/loss", "val/"))}
+    for key, value in sorted(latest.items()):
+        print(f"  {key}: {value:.5g}")
+    if record.job_id:
+        print(f"  job: {record.job_id} on {record.cluster}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    client = _client(args)
+    _job_info(client, args.job_id)
+    if not args.follow:
+        sys.stdout.write(client.get_job_logs(args.job_id))
+        return 0
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(args.job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    return 0
+
+
+def cmd_stop(args) -> int:
+    """Stop a cluster job and mark its MLflow run KILLED once the job has ended."""
+    client = _client(args)
+    info = _job_info(client, args.job_id)
+    client.stop_job(args.job_id)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        status = client.get_job_status(args.job_id)
+        if status.is_terminal():
+            break
+        time.sleep(1)
+    meta = info.metadata or {}
+    if "sciscale_run_id" in meta:
+        record = read_record(meta["runs_root"], meta["sciscale_run_id"])
+        if record is not None:
+            finish_run(record, RunState.KILLED, f"sciscale stop {args.job_id}")
+    print(f"job {args.job_id}: {client.get_job_status(args.job_id).value}; MLflow run "
+          f"{meta.get('mlflow_run_id', '?')} KILLED")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    if args.cluster or os.environ.get("SCISCALE_CLUSTER"):
+        for job in _client(args).list_jobs():
+            meta = job.metadata or {}
+            print(f"{job.submission_id or job.job_id}\t{job.status.value}\t{meta.get('sciscale_run_id', '-')}")
+        return 0
+    root = absolute_root(args.runs_root)
+    records = list_runs(root)
+    if not records:
+        print(f"no runs in {root}")
+    for rec in records:
+        try:
+            status = mlflow_client(rec.tracking_uri).get_run(rec.mlflow_run_id).info.status
+        except Exception as exc:  # noqa: BLE001 - an unreachable tracking server should not hide the list
+            status = f"unknown ({type(exc).__name__})"
+        print(f"{rec.run_id}\t{status}\tattempts={rec.attempts + 1}\tmlflow={rec.mlflow_run_id}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="state of a run (runs root) or of a cluster job (--cluster)")
+    p.add_argument("target", help="run id, or job id with --cluster")
+    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--cluster", metavar="ADDRESS")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="logs of a cluster job")
+    p.add_argument("job_id")
+    p.add_argument("--cluster", metavar="ADDRESS")
+    p.add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a cluster job; its MLflow run ends KILLED")
+    p.add_argument("job_id")
+    p.add_argument("--cluster", metavar="ADDRESS")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the job to end")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("ls", help="runs in a runs root, or jobs on a cluster (--cluster)")
+    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--cluster", metavar="ADDRESS")
+    p.set_defaults(func=cmd_ls)

@@ -1,0 +1,107 @@
+"""`sciscale launch`: run a spec on a local Ray instance, inside a cluster job, or submit it to a cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestrator.runs import RunRecord, RunState, ensure_run, finish_run, new_run_id, ui_url, write_record
+from orchestrator.spec import JobSpec
+from orchestrator.specload import dump_spec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("orchestrator", "trainers", "models", "data")
+
+
+class Stopped(Exception):
+    """The driver received SIGTERM/SIGINT (e.g. `sciscale stop` or Ctrl-C)."""
+
+
+def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None, in_cluster: bool = False,
+           echo=print) -> int:
+    run_id = run_id or new_run_id(spec)
+    record, resumed = ensure_run(spec, run_id)
+    echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
+         f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
+    if cluster:
+        return submit(spec, record, cluster, echo)
+    return run_here(spec, record, echo, connect_existing=in_cluster)
+
+
+def _on_signal(signum, frame):  # noqa: ARG001
+    raise Stopped(signal.Signals(signum).name)
+
+
+def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: bool = False) -> int:
+    """Drive the training on a Ray instance from this process; the MLflow status follows the outcome."""
+    import ray
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if not ray.is_initialized():
+            address = "auto" if connect_existing else os.environ.get("RAY_ADDRESS")
+            ray.init(address=address, runtime_env=worker_env(), log_to_driver=True,
+                     configure_logging=True, logging_level="WARNING")
+        from trainers.ray_job import fit
+
+        result = fit(spec, record)
+    except Stopped as stop:
+        finish_run(record, RunState.KILLED, f"stopped by {stop}")
+        echo(f"run {record.run_id} stopped; MLflow run {record.mlflow_run_id} marked KILLED")
+        return 130
+    except BaseException as exc:
+        finish_run(record, RunState.FAILED, f"{type(exc).__name__}: {exc}")
+        echo(f"run {record.run_id} FAILED: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    finish_run(record, RunState.FINISHED)
+    echo(f"run {record.run_id} finished at step {result.get('step')}: " +
+         ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items()) if isinstance(v, float)))
+    echo(f"MLflow run id: {record.mlflow_run_id}")
+    echo(f"MLflow UI: {ui_url(record)}")
+    return 0
+
+
+def worker_env() -> dict:
+    """Runtime env for Ray workers: this project's packages importable, DeepSpeed on the CPU when no GPU."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                "MLFLOW_TRACKING_URI", "OMP_NUM_THREADS"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return {"env_vars": env}
+
+
+def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
+    """Submit through Ray's Job Submission API; the job runs `sciscale launch --in-cluster` on the head."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster)
+    staging = Path(tempfile.mkdtemp(prefix="sciscale-submit-"))
+    try:
+        for pkg in PACKAGES:
+            shutil.copytree(PROJECT_ROOT / pkg, staging / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        (staging / "spec.yaml").write_text(dump_spec(spec))
+        env = worker_env()["env_vars"]
+        env.pop("PYTHONPATH", None)  # the working dir is on the path inside the job
+        job_id = client.submit_job(
+            entrypoint=f"{sys.executable} -m orchestrator.cli launch spec.yaml --run-id {record.run_id} --in-cluster",
+            runtime_env={"working_dir": str(staging), "env_vars": env},
+            submission_id=f"{record.run_id}-{record.attempts}",
+            metadata={"sciscale_run_id": record.run_id, "mlflow_run_id": record.mlflow_run_id,
+                      "tracking_uri": record.tracking_uri, "runs_root": record.runs_root},
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record.job_id, record.cluster = job_id, cluster
+    write_record(record, spec.storage.endpoint_url)
+    echo(f"submitted job {job_id} to {cluster}")
+    echo(f"follow it: sciscale logs {job_id} --cluster {cluster} -f")
+    print(job_id)
+    return 0

@@ -1,0 +1,258 @@
+"""The job spec: YAML validated into pydantic v2 models (torch-free).
+
+Every section forbids unknown keys, documents each field with an attribute docstring (which becomes the JSON
+Schema description), and checks cross-field rules in one ``model_validator(mode="after")``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from data.spec import DataSpec, check_url
+from models import model_spec_classes
+
+_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class ScheduleSpec(BaseModel):
+    """Learning-rate schedule: linear warmup, then the chosen decay."""
+
+    model_config = _CONFIG
+
+    kind: Literal["constant", "cosine", "linear"] = "cosine"
+    """Decay after warmup: constant, cosine to ``min_lr_ratio * lr``, or linear to it."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Optimizer steps of linear warmup from 0 to ``lr``."""
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Final learning rate as a fraction of ``lr`` (cosine and linear)."""
+
+
+class OptimSpec(BaseModel):
+    """Optimizer and schedule."""
+
+    model_config = _CONFIG
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimizer (torch implementation, partitioned by DeepSpeed ZeRO)."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    momentum: float = Field(default=0.9, ge=0)
+    """SGD momentum."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """Decoupled weight decay, applied to weight matrices only (not to biases and norms)."""
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this value (null: no clipping)."""
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    """Learning-rate schedule."""
+
+
+class TrainSpec(BaseModel):
+    """Batch sizes, length, evaluation, checkpointing and numerics."""
+
+    model_config = _CONFIG
+
+    global_batch_size: int = Field(ge=1)
+    """Samples per optimizer step over all workers; kept fixed whatever the world size."""
+    micro_batch_size: int = Field(ge=1)
+    """Samples per forward/backward on one worker; gradient accumulation makes up the rest."""
+    max_steps: int = Field(ge=1)
+    """Optimizer steps to train for."""
+    eval_every: int = Field(default=0, ge=0)
+    """Evaluate on data.val every N steps (0: only at the end)."""
+    eval_batches: int | None = Field(default=None, ge=1)
+    """Micro-batches per rank per evaluation (null: the whole validation set)."""
+    checkpoint_every: int = Field(default=0, ge=0)
+    """Checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = Field(default=2, ge=1)
+    """Committed checkpoints kept in the runs root."""
+    log_every: int = Field(default=10, ge=1)
+    """Log training metrics every N steps."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Numerics of forward/backward (bf16 keeps fp32 master weights)."""
+    seed: int = 0
+    """Seed of model initialisation and of the data order (with the dataset version and the step)."""
+    init_from: str | None = None
+    """Initial weights: a .safetensors file, a directory holding weights.safetensors, or an MLflow URI
+    (runs:/RUN_ID/weights.safetensors, models:/NAME/VERSION). Tensors whose name or shape does not match are
+    re-initialised and listed."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name prefixes to freeze (not trained), e.g. ["encoder."] when fine-tuning."""
+
+
+class WorkersRange(BaseModel):
+    """An elastic worker count."""
+
+    model_config = _CONFIG
+
+    min: int = Field(ge=1)
+    """Fewest workers the run continues with."""
+    max: int = Field(ge=1)
+    """Most workers the run scales up to."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "WorkersRange":
+        if self.min > self.max:
+            raise ValueError(f"workers.min ({self.min}) is larger than workers.max ({self.max})")
+        return self
+
+
+class DistributedSpec(BaseModel):
+    """How the run is sharded and scheduled."""
+
+    model_config = _CONFIG
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage: 0 replicate, 1 shard optimizer state, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory (ZeRO 1-3)."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (ZeRO 3 only)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (models that support it)."""
+    workers: int | WorkersRange = 1
+    """Number of training workers, or {min, max} for elastic scaling."""
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    """Ray resources of one worker, e.g. {CPU: 8, GPU: 1}."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); otherwise CPU with gloo."""
+    max_failures: int = Field(default=0, ge=0)
+    """Worker-group restarts from the latest checkpoint before the run fails."""
+    timeout_s: int = Field(default=1800, ge=10)
+    """Collective-operation timeout in seconds."""
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _check_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"resource {key!r} must be >= 0, got {amount}")
+        return value
+
+    def world_sizes(self) -> list[int]:
+        """Every world size this spec allows."""
+        if isinstance(self.workers, int):
+            return [self.workers]
+        return list(range(self.workers.min, self.workers.max + 1))
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistributedSpec":
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError(f"distributed.workers must be >= 1, got {self.workers}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("distributed.offload_optimizer needs distributed.zero_stage >= 1 (got 0)")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"distributed.offload_params needs distributed.zero_stage 3 (got {self.zero_stage})")
+        if self.use_gpu and self.resources_per_worker.get("GPU", 1) == 0:
+            raise ValueError("distributed.use_gpu is true but resources_per_worker.GPU is 0")
+        return self
+
+
+class StorageSpec(BaseModel):
+    """Where runs (checkpoints, resolved specs, the embedded MLflow store) live."""
+
+    model_config = _CONFIG
+
+    runs_root: str = "runs"
+    """Local path or s3://bucket/prefix. Run RUN_ID lives under RUNS_ROOT/RUN_ID."""
+    endpoint_url: str | None = None
+    """S3 endpoint for an s3:// runs root (default: AWS_ENDPOINT_URL from the environment).
+    Credentials always come from the environment."""
+
+    @field_validator("runs_root")
+    @classmethod
+    def _check_root(cls, value: str) -> str:
+        return check_url(value)
+
+
+class TrackingSpec(BaseModel):
+    """MLflow tracking."""
+
+    model_config = _CONFIG
+
+    uri: str | None = None
+    """MLflow tracking URI (http://host:5000, sqlite:///path). Default: a sqlite store under a local runs
+    root (RUNS_ROOT/mlflow.db), or MLFLOW_TRACKING_URI from the environment."""
+    experiment: str = "sciscale"
+    """MLflow experiment name."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra tags set on the MLflow run."""
+    flush_every_s: float = Field(default=5.0, gt=0)
+    """Seconds between background metric uploads."""
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(https?|sqlite|postgresql|mysql|file|databricks)(\+\w+)?:", value):
+            raise ValueError("expected an MLflow tracking URI such as http://127.0.0.1:5000 or "
+                             "sqlite:////abs/path/mlflow.db")
+        return value
+
+
+def _model_union() -> Any:
+    classes = model_spec_classes()
+    if not classes:
+        raise RuntimeError("no model family is installed (models/<family>/config.py)")
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="family")]
+
+
+ModelSpec = _model_union()
+
+
+class JobSpec(BaseModel):
+    """A sciscale training job."""
+
+    model_config = _CONFIG
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Job name: letters, digits, '_', '.', '-' (run ids default to NAME-YYYYmmdd-HHMMSS)."""
+    model: ModelSpec
+    """The model: a family (pde, weather, atoms) with its architecture and size."""
+    data: DataSpec
+    """Training and validation datasets and the streaming reader."""
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    """Optimizer and learning-rate schedule."""
+    train: TrainSpec
+    """Batch sizes, length, evaluation and checkpointing."""
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    """ZeRO stage, offload, workers and resources."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Runs root for checkpoints and run records."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """MLflow tracking."""
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> "JobSpec":
+        bad = [w for w in self.distributed.world_sizes() if batch_problem(self, w)]
+        if bad:
+            raise ValueError(
+                f"train.global_batch_size={self.train.global_batch_size} with train.micro_batch_size="
+                f"{self.train.micro_batch_size} and data.canonical_streams={self.data.canonical_streams} cannot "
+                f"run at world size {', '.join(map(str, bad))} ({batch_problem(self, bad[0])}); valid world sizes "
+                f"up to 64: {valid_world_sizes(self) or 'none'}. Hint: make the global batch a multiple of "
+                "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
+        if self.train.eval_every and not self.data.val:
+            raise ValueError(f"train.eval_every={self.train.eval_every} needs data.val datasets (none given)")
+        return self
+
+
+def batch_problem(spec: JobSpec, world: int) -> str | None:
+    """Why ``global = micro x accumulation x world`` (and the data plan) fails at ``world``, or None."""
+    g, m, c = spec.train.global_batch_size, spec.train.micro_batch_size, spec.data.canonical_streams
+    if g % (m * world):
+        return f"{g} is not a multiple of micro_batch_size x world = {m * world}"
+    if c % world:
+        return f"world size {world} does not divide canonical_streams {c}"
+    if g % c:
+        return f"{g} is not a multiple of canonical_streams {c}"
+    return None
+
+
+def valid_world_sizes(spec: JobSpec, limit: int = 64) -> list[int]:
+    return [w for w in range(1, limit + 1) if batch_problem(spec, w) is None]

@@ -1,0 +1,249 @@
+"""Read a YAML job spec, apply ``--set`` overrides, validate, and explain every rejection on one screen."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.spec import JobSpec
+
+SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
+REDACTED = "***"
+
+
+class SpecError(ValueError):
+    """A spec was rejected; ``problems`` are (field path, received value, message) triples."""
+
+    def __init__(self, source: str, problems: list[tuple[str, Any, str]]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"invalid job spec {self.source}: {len(self.problems)} problem(s)"]
+        for path, value, message in self.problems:
+            lines.append(f"  {path or '(top level)'}")
+            if value is not _MISSING:
+                lines.append(f"    received: {_show(path, value)}")
+            lines.append(f"    {message}")
+        lines.append("Run `sciscale schema` for every field, or see docs/spec.md.")
+        return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _show(path: str, value: Any) -> str:
+    if SECRET_KEY.search(path or ""):
+        return REDACTED
+    text = yaml.safe_dump(redact(value), default_flow_style=True, width=10_000).strip()
+    if text.endswith("\n..."):
+        text = text[:-4].strip()
+    text = text.removesuffix("...").strip()
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of ``value`` with every secret-looking key's value replaced by ***."""
+    if key and SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(str(path), [("", _MISSING, f"file not found: {p.resolve()}. Hint: check the path; "
+                                     "examples live in examples/")])
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(str(path), [("", _MISSING, f"not valid YAML at {where}: "
+                                     f"{getattr(exc, 'problem', exc)}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError(str(path), [("", raw, "expected a YAML mapping with keys name, model, data, train, ...")])
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML; list items by index: data.train.0.url=...)."""
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(source, [(item, _MISSING, "expected --set PATH=VALUE, e.g. train.max_steps=100")])
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node: Any = raw
+        for i, key in enumerate(keys[:-1]):
+            node = _child(node, key, keys[: i + 1], source)
+        last = keys[-1]
+        if isinstance(node, list):
+            node[_index(node, last, keys, source)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _child(node: Any, key: str, trail: list[str], source: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, trail, source)]
+    if not isinstance(node, dict):
+        raise SpecError(source, [(".".join(trail), node, "cannot set a field inside a plain value")])
+    return node.setdefault(key, {})
+
+
+def _index(node: list, key: str, trail: list[str], source: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise SpecError(source, [(".".join(trail), _MISSING, f"list index {key!r} out of range 0..{len(node) - 1}")])
+    return int(key)
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True) -> JobSpec:
+    """Read, override and validate a spec; raise SpecError with every problem found."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    spec = validate_spec(raw, str(path))
+    if check_files:
+        problems = missing_files(spec)
+        if problems:
+            raise SpecError(str(path), problems)
+    return spec
+
+
+def validate_spec(raw: dict, source: str = "spec") -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(source, [_explain(err, raw) for err in exc.errors()]) from None
+
+
+def _explain(err: dict, raw: dict) -> tuple[str, Any, str]:
+    loc = [p for p in err["loc"] if not _is_union_tag(p)]
+    path = _path(loc)
+    kind, msg = err["type"], err["msg"]
+    value = err.get("input", _MISSING)
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(loc[:-1], raw)
+        hint = _did_you_mean(str(loc[-1]), allowed)
+        return path, value, f"unknown key{hint}; allowed keys here: {', '.join(allowed)}"
+    if kind == "missing":
+        return path, _MISSING, "required field is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        expected = err.get("ctx", {}).get("expected_tags", "")
+        tags = re.findall(r"'([^']+)'", expected)
+        got = err.get("ctx", {}).get("tag", _MISSING)
+        hint = _did_you_mean(str(got), tags) if got is not _MISSING else ""
+        return _path(loc + ["family"]), got, f"unknown model family{hint}; expected one of {', '.join(tags)}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        options = re.findall(r"'([^']+)'", expected) or re.findall(r"\d+", expected)
+        hint = _did_you_mean(str(value), options)
+        return path, value, f"{msg}{hint}"
+    message = msg.removeprefix("Value error, ")
+    return path, value, message
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in ("pde", "weather", "atoms", "int", "WorkersRange") or (
+        isinstance(part, str) and part.endswith("ModelSpec"))
+
+
+def _path(loc: list) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_fields(loc: list, raw: dict) -> list[str]:
+    """Field names of the model at ``loc`` (walks JobSpec's annotations, following the model family)."""
+    model: Any = JobSpec
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else {}
+            continue
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        model = _field_model(model, part, node)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _field_model(model: Any, name: str, node: Any) -> Any:
+    from typing import get_args
+
+    field = model.model_fields.get(name)
+    if field is None:
+        return None
+    candidates = [field.annotation, *get_args(field.annotation)]
+    for arg in list(candidates):
+        candidates.extend(get_args(arg))
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    if len(models) > 1 and isinstance(node, dict) and "family" in node:
+        models = [m for m in models if m.model_fields.get("family") is not None
+                  and node["family"] in get_args(m.model_fields["family"].annotation)] or models
+    return models[0] if models else None
+
+
+def missing_files(spec: JobSpec) -> list[tuple[str, Any, str]]:
+    """Local files the spec names but that do not exist (remote URLs are checked at launch)."""
+    problems = []
+    for split in ("train", "val"):
+        for i, source in enumerate(getattr(spec.data, split)):
+            local = _local_path(source.url)
+            if local is not None and not (local / "manifest.json").exists():
+                what = "does not exist" if not local.exists() else "has no manifest.json"
+                problems.append((f"data.{split}[{i}].url", source.url,
+                                 f"local dataset {local} {what}. Hint: generate one with `sciscale data generate` "
+                                 "or convert one with `sciscale data convert`"))
+    init = spec.train.init_from
+    if init and _local_path(init) is not None and not _local_path(init).exists():
+        problems.append(("train.init_from", init, "file or directory not found"))
+    return problems
+
+
+def _local_path(url: str) -> Path | None:
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    if "://" in url or url.startswith(("runs:/", "models:/")):
+        return None
+    return Path(url)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a resolved spec to MLflow params (dotted keys; secrets redacted)."""
+    out: dict[str, str] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten(redact(v, str(k)), f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML (every default filled in)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

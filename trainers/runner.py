@@ -1,0 +1,246 @@
+"""The per-worker runner: three verbs (run, save_state, load_state) and a short step loop."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from models import load_family
+from orchestrator.spec import JobSpec
+from trainers import ds, weights
+from trainers.tracking import MetricLogger, NullLogger
+
+
+class Runner:
+    """Trains one spec on this worker; rank 0 also talks to MLflow."""
+
+    def __init__(self, spec: JobSpec, run: dict, rank: int, world_size: int, report=None, get_checkpoint=None):
+        self.spec, self.run_info, self.rank, self.world = spec, run, rank, world_size
+        self.report = report or (lambda metrics, checkpoint_dir=None: None)
+        self.get_checkpoint = get_checkpoint or (lambda: None)
+        self.family = load_family(spec.model.family)
+        self.step = 0
+        self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
+                       if rank == 0 and run.get("mlflow_run_id") else NullLogger())
+        self._build_engine()
+        self._build_data()
+
+    # ----------------------------------------------------------------------------------------------- build
+    def _build_engine(self) -> None:
+        spec = self.spec
+        torch.manual_seed(spec.train.seed)
+        model = self.family.build_model(spec.model)
+        if spec.distributed.activation_checkpointing and hasattr(model, "activation_checkpointing"):
+            model.activation_checkpointing = True
+        if spec.train.init_from:
+            report = weights.load_initial(model, spec.train.init_from)
+            self._log_init_report(report)
+        if spec.train.freeze:
+            weights.freeze(model, spec.train.freeze)
+        self.engine, self.optimizer, self.scheduler = ds.initialize(
+            model, spec.train, spec.optim, spec.distributed, self.world)
+        self.accum = ds.grad_accumulation(spec.train, self.world)
+
+    def _log_init_report(self, report: dict[str, list[str]]) -> None:
+        if self.rank != 0:
+            return
+        lines = [f"{k} ({len(v)}):\n" + "\n".join(f"  {x}" for x in v) for k, v in report.items()]
+        text = "\n".join(lines)
+        print(f"init_from {self.spec.train.init_from}: loaded {len(report['loaded'])} tensors; "
+              f"{len(report['shape_mismatch'])} shape mismatches re-initialised")
+        if isinstance(self.logger, MetricLogger):
+            self.logger.client.log_text(self.logger.run_id, text, "init_from.txt")
+
+    def _build_data(self) -> None:
+        from data.loader import build_loader
+        from data.format import read_manifest
+        from data.storage import storage_options
+
+        data = self.spec.data
+        manifest = read_manifest(data.train[0].url, storage_options(data.train[0].url, data.storage))
+        self.transform = self.family.make_transform(self.spec.model, manifest)
+        common = dict(rank=self.rank, world_size=self.world, global_batch=self.spec.train.global_batch_size,
+                      micro_batch=self.spec.train.micro_batch_size, seed=self.spec.train.seed,
+                      transform=self.transform, collate=self.family.collate)
+        self._loader_args = common
+        self.train_loader = None  # built in run(), after load_state() fixed the start step
+
+    def _val_batches(self):
+        from data.loader import build_loader
+
+        if not self.spec.data.val:
+            return None
+        return build_loader(self.spec.data, self.spec.data.val, split="val", start_step=0, **self._loader_args)
+
+    # ----------------------------------------------------------------------------------------------- state
+    def save_state(self, directory: str) -> None:
+        """DeepSpeed checkpoint + trainer state (step, data position, RNG) into ``directory``."""
+        tag = f"step{self.step}"
+        client_state = {"step": self.step, "data": self.train_loader.state(self.step) if self.train_loader else None}
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+                   os.path.join(directory, tag, f"rng_rank{self.rank}.pt"))
+
+    def load_state(self, directory: str) -> None:
+        _, client_state = self.engine.load_checkpoint(directory)
+        self.step = int(client_state["step"])
+        self.resumed_data_state = client_state.get("data")
+        rng_file = os.path.join(directory, f"step{self.step}", f"rng_rank{self.rank}.pt")
+        if os.path.exists(rng_file):  # absent after a change of world size
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+
+    # ----------------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        checkpoint = self.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                self.load_state(directory)
+            print(f"[rank {self.rank}] resumed from step {self.step}")
+        from data.loader import build_loader
+
+        self.train_loader = build_loader(self.spec.data, self.spec.data.train, split="train",
+                                         start_step=self.step, **self._loader_args)
+        try:
+            return self._loop()
+        finally:
+            self.train_loader.close()
+            self.logger.close()
+
+    def _loop(self) -> dict:
+        t = self.spec.train
+        batches = iter(self.train_loader)
+        window: list[tuple[float, float, float]] = []
+        last: dict = {}
+        while self.step < t.max_steps:
+            loss, step_time, wait = self._train_step(batches)
+            self.step += 1
+            window.append((loss, step_time, wait))
+            if self.step % t.log_every == 0 or self.step == t.max_steps:
+                last = self._log_train(window)
+                window = []
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
+                last.update(self.evaluate())
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
+                self._checkpoint(last)
+        last.update(self.evaluate(final=True))
+        self._checkpoint(last)
+        self._export()
+        return last
+
+    def _train_step(self, batches) -> tuple[float, float, float]:
+        start = time.perf_counter()
+        micro_batches = next(batches)
+        wait = time.perf_counter() - start
+        total = 0.0
+        self.engine.train()
+        for batch in micro_batches:
+            batch = _to_device(batch, self.engine.device)
+            outputs = self.engine(batch)
+            loss = self.family.loss(outputs, batch, self.spec.model)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float().item()
+        return total / len(micro_batches), time.perf_counter() - start, wait
+
+    def _log_train(self, window) -> dict:
+        losses = torch.tensor([sum(w[0] for w in window) / len(window)], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(losses)
+        step_time = statistics.median(w[1] for w in window)
+        metrics = {
+            "train/loss": losses.item() / self.world,
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "train/step_time_s": step_time,
+            "train/samples_per_s": self.spec.train.global_batch_size / step_time,
+            "train/data_wait_frac": sum(w[2] for w in window) / max(1e-12, sum(w[1] for w in window)),
+        }
+        self.logger.log(metrics, self.step)
+        if self.rank == 0:
+            print(f"step {self.step}: " + " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()),
+                  flush=True)
+        return metrics
+
+    # ----------------------------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self, final: bool = False) -> dict:
+        loader = self._val_batches()
+        if loader is None:
+            return {}
+        self.engine.eval()
+        values: dict[str, list[float]] = {"loss": []}
+        first = None
+        limit = None if final else self.spec.train.eval_batches
+        try:
+            for i, batch in enumerate(loader):
+                if limit is not None and i >= limit:
+                    break
+                batch = _to_device(batch, self.engine.device)
+                outputs = self.engine(batch)
+                valid = batch.get("_valid")
+                per_example = self.family.metrics(outputs, batch, self.spec.model)
+                for name, v in per_example.items():
+                    v = v.detach().float().cpu()
+                    values.setdefault(name, []).extend((v[valid.cpu()] if valid is not None else v).tolist())
+                values["loss"].append(self.family.loss(outputs, batch, self.spec.model).item())
+                if first is None:
+                    first = (batch, outputs)
+        finally:
+            loader.close()
+        metrics = self._reduce_eval(values)
+        self.logger.log(metrics, self.step)
+        if final and self.rank == 0 and first is not None and self.family.plots is not None:
+            self._log_plots(*first)
+        return metrics
+
+    def _reduce_eval(self, values: dict[str, list[float]]) -> dict:
+        gathered: list = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(gathered, values)
+        else:
+            gathered = [values]
+        merged: dict[str, list[float]] = {}
+        for part in gathered:
+            for k, v in part.items():
+                merged.setdefault(k, []).extend(v)
+        metrics = {f"val/{k}": float(np.mean(v)) for k, v in merged.items() if v}
+        for name in self.family.median_metrics:
+            if merged.get(name):
+                metrics[f"val/{name}_median"] = float(np.median(merged[name]))
+        return metrics
+
+    def _log_plots(self, batch, outputs) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figures = self.family.plots(self.engine.module, batch, outputs, self.spec.model) or {}
+        for name, fig in figures.items():
+            if isinstance(self.logger, MetricLogger):
+                self.logger.client.log_figure(self.logger.run_id, fig, f"plots/{name}.png")
+            plt.close(fig)
+
+    # ----------------------------------------------------------------------------------------------- output
+    def _checkpoint(self, metrics: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="sciscale-ckpt-") as directory:
+            self.save_state(directory)
+            self.report({**metrics, "step": self.step}, checkpoint_dir=directory)
+
+    def _export(self) -> None:
+        state = weights.gather_fp32_state(self.engine, self.spec.distributed.zero_stage, self.rank)
+        if state is not None and isinstance(self.logger, MetricLogger):
+            weights.export_model(state, self.family.build_model, self.spec.model, None, self.logger.client,
+                                 self.logger.run_id)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -1,0 +1,101 @@
+"""Weights in and out of a run: init_from and freezing, and the final fp32 export to MLflow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def resolve_weights(uri: str) -> Path:
+    """A local weights file for ``uri``: a .safetensors file, a directory holding one, or an MLflow URI."""
+    path = Path(uri.removeprefix("file://"))
+    if ":/" in uri and not uri.startswith("file://"):
+        import mlflow
+
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    if path.is_dir():
+        for candidate in (path / "weights.safetensors", path / "data" / "weights.safetensors"):
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"train.init_from: no weights.safetensors in {uri} (looked in {path})")
+    if not path.exists():
+        raise FileNotFoundError(f"train.init_from: {uri} not found")
+    return path
+
+
+def load_initial(model: torch.nn.Module, uri: str) -> dict[str, list[str]]:
+    """Load tensors whose name and shape match; report the rest (they keep their fresh initialisation)."""
+    from safetensors.torch import load_file
+
+    source = load_file(str(resolve_weights(uri)))
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    report = {
+        "loaded": sorted(matched),
+        "shape_mismatch": sorted(f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(own[k].shape)}"
+                                 for k in source if k in own and own[k].shape != source[k].shape),
+        "not_in_checkpoint": sorted(k for k in own if k not in source),
+        "not_in_model": sorted(k for k in source if k not in own),
+    }
+    model.load_state_dict(matched, strict=False)
+    return report
+
+
+def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
+    """Stop training parameters whose name starts with one of ``prefixes``; fail if a prefix matches none."""
+    frozen = []
+    for prefix in prefixes:
+        hits = [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+        if not hits:
+            raise ValueError(f"train.freeze: prefix {prefix!r} matches no parameter; parameter names start with "
+                             f"{sorted({n.split('.')[0] + '.' for n, _ in model.named_parameters()})}")
+        frozen.extend(hits)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    return frozen
+
+
+def gather_fp32_state(engine, zero_stage: int, rank: int) -> dict[str, torch.Tensor] | None:
+    """The full fp32 state dict on rank 0 (a collective under ZeRO-3: every rank must call it)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        state = {}
+        for name, param in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if rank == 0:
+                    state[name] = param.detach().float().cpu().clone()
+        if rank != 0:
+            return None
+        for name, buf in module.named_buffers():
+            state[name] = buf.detach().cpu().clone()
+        return state
+    if rank != 0:
+        return None
+    return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+            for k, v in module.state_dict().items()}
+
+
+def export_model(state: dict[str, torch.Tensor], build_model, model_spec, example: dict | None, client,
+                 run_id: str) -> None:
+    """Log weights.safetensors and an MLflow PyTorch model (self-contained: ships the models package)."""
+    import mlflow.pytorch
+    from safetensors.torch import save_file
+
+    model = build_model(model_spec)
+    model.load_state_dict(state)
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "weights.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, weights)
+        client.log_artifact(run_id, weights)
+        model_dir = os.path.join(tmp, "model")
+        mlflow.pytorch.save_model(model, model_dir, code_paths=[str(MODELS_DIR)])
+        client.log_artifacts(run_id, model_dir, "model")
