@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
@@ -54,6 +56,8 @@ class StorageSpec(BaseModel):
     """S3 region name, where the store needs one."""
     anon: bool = False
     """Read public buckets without credentials."""
+    client: Literal["auto", "fsspec", "obstore"] = "auto"
+    """Shard download client: auto = obstore for s3:// when installed (measured faster), else fsspec."""
 
 
 class DataSpec(BaseModel):
