@@ -1,0 +1,213 @@
+"""The epoch plan: which sample every global batch holds, as a pure function of its inputs (no I/O).
+
+One dataset, epoch e (rng keyed by seed, dataset index, epoch):
+  1. permute the shards; lay out their sample ids in that order;
+  2. cut this sequence into C contiguous canonical streams of floor/ceil(N/C) samples (a shard falls into
+     one stream, or two where a cut crosses it, so each shard is fetched about once per epoch per reader);
+  3. inside each stream, shuffle samples within consecutive windows of ``window`` shards' worth of samples.
+Global step k takes b = B/C consecutive slots from every stream, streams in order; rank r of W owns the
+contiguous block of streams [r*C/W, (r+1)*C/W). The global batch is therefore the same for every W that
+divides C, and so is its order.
+
+Epoch remainder: each stream is an endless concatenation of its per-epoch sequences (epoch e+1 follows epoch
+e inside the stream), so when N is not a multiple of B no sample is dropped or padded: the last batch of an
+epoch simply continues into the next one. Position p of stream c belongs to epoch p // L_c.
+
+Mixtures: every stream slot belongs to one dataset by a fixed pattern of period Q in which dataset d holds
+q_d slots (q_d proportional to its weight, smooth round-robin order); dataset d runs its own endless
+stream sequence, so a small dataset repeats (new epoch, new order) more often than a large one. Sample ids
+are encoded as ``d << 48 | local id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SID_SHIFT = 48
+PATTERN_PERIOD = 1024
+
+
+def encode_ids(dataset: np.ndarray | int, local: np.ndarray) -> np.ndarray:
+    return (np.asarray(dataset, np.int64) << SID_SHIFT) | np.asarray(local, np.int64)
+
+
+def decode_ids(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sample_ids = np.asarray(sample_ids, np.int64)
+    return sample_ids >> SID_SHIFT, sample_ids & ((1 << SID_SHIFT) - 1)
+
+
+def epoch_order(shard_counts: np.ndarray, seed: int, epoch: int, streams: int, window: int,
+                salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(sample ids of one epoch in plan order, stream bounds of length C + 1); stream c is ids[b[c]:b[c+1]]."""
+    counts = np.asarray(shard_counts, np.int64)
+    n, s = int(counts.sum()), len(counts)
+    rng = np.random.default_rng([seed, salt, epoch])
+    perm = rng.permutation(s)
+    starts = np.cumsum(counts) - counts
+    counts_p, starts_p = counts[perm], starts[perm]
+    # ids as a running sum of +1 steps with a jump at every shard boundary (cheaper than repeat + add)
+    ids = np.ones(n, np.int64)
+    ids[0] = starts_p[0]
+    ids[np.cumsum(counts_p)[:-1]] = starts_p[1:] - (starts_p[:-1] + counts_p[:-1] - 1)
+    np.cumsum(ids, out=ids)
+    bounds = np.arange(streams + 1, dtype=np.int64) * n // streams
+    win = max(1, window * -(-n // s))  # window shards' worth of samples (ceil of the mean shard)
+    for c in range(streams):
+        for lo in range(int(bounds[c]), int(bounds[c + 1]), win):
+            rng.shuffle(ids[lo:min(lo + win, int(bounds[c + 1]))])
+    return ids, bounds
+
+
+def mixture_pattern(weights: list[float], period: int = PATTERN_PERIOD) -> np.ndarray:
+    """Dataset index of every slot in one period: counts proportional to weights, evenly interleaved."""
+    if len(weights) == 1:
+        return np.zeros(1, np.int64)
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    quota = np.floor(w * period).astype(np.int64)
+    rest = period - quota.sum()
+    quota[np.argsort(-(w * period - quota), kind="stable")[:rest]] += 1
+    if (quota == 0).any():
+        raise ValueError(f"data.train weights {list(weights)}: a dataset would get no slot in {period}; "
+                         "raise its weight to at least 1/1000 of the total")
+    current, out = np.zeros(len(w), np.int64), np.empty(period, np.int64)
+    for i in range(period):  # smooth weighted round robin
+        current += quota
+        d = int(np.argmax(current))
+        current[d] -= period
+        out[i] = d
+    return out
+
+
+@dataclass
+class PlanSource:
+    """What the plan needs of one dataset: its shard sizes, weight and identity."""
+
+    shard_counts: np.ndarray
+    weight: float = 1.0
+    version: str = ""
+
+    @property
+    def num_samples(self) -> int:
+        return int(np.sum(self.shard_counts))
+
+
+@dataclass
+class Plan:
+    """The sample order of a (mixture of) dataset(s) for every global step; pure and cheap to rebuild."""
+
+    sources: list[PlanSource]
+    seed: int
+    streams: int
+    global_batch: int
+    window: int = 4
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        c, b = self.streams, self.global_batch
+        if b % c:
+            raise ValueError(f"global batch {b} is not a multiple of data.canonical_streams {c}; every batch "
+                             f"takes B/C samples from each stream: choose B a multiple of {c}")
+        for d, src in enumerate(self.sources):
+            if src.num_samples < c:
+                raise ValueError(f"dataset {d} ({src.version or 'unnamed'}) has {src.num_samples} samples, fewer "
+                                 f"than data.canonical_streams={c}; lower canonical_streams")
+        self.per_stream = b // c
+        self.pattern = mixture_pattern([s.weight for s in self.sources])
+        self.quota = np.bincount(self.pattern, minlength=len(self.sources))
+        self._rank_in_period = np.zeros(len(self.pattern), np.int64)  # q of a slot within its period
+        self._slot_of = []  # per dataset: positions of its slots inside a period
+        for d in range(len(self.sources)):
+            where = np.flatnonzero(self.pattern == d)
+            self._rank_in_period[where] = np.arange(len(where))
+            self._slot_of.append(where)
+        self.shard_starts = [np.cumsum(s.shard_counts) - s.shard_counts for s in self.sources]
+
+    def epoch(self, d: int, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cached ``epoch_order`` of dataset ``d``, epoch ``e``."""
+        key = (d, e)
+        if key not in self._cache:
+            if len(self._cache) >= 2 * len(self.sources) + 2:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = epoch_order(self.sources[d].shard_counts, self.seed, e, self.streams,
+                                           self.window, salt=d)
+        return self._cache[key]
+
+    def stream_length(self, d: int, c: int) -> int:
+        n = self.sources[d].num_samples
+        return (c + 1) * n // self.streams - c * n // self.streams
+
+    def slots_to_positions(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stream slots -> (dataset, position in that dataset's endless stream sequence)."""
+        period = len(self.pattern)
+        d = self.pattern[slots % period]
+        q = (slots // period) * self.quota[d] + self._rank_in_period[slots % period]
+        return d, q
+
+    def position_to_slot(self, d: int, q: np.ndarray) -> np.ndarray:
+        """Inverse of ``slots_to_positions`` for dataset ``d``."""
+        q = np.asarray(q, np.int64)
+        return (q // self.quota[d]) * len(self.pattern) + self._slot_of[d][q % self.quota[d]]
+
+    def stream_block(self, c: int, start_step: int, steps: int) -> dict[str, np.ndarray]:
+        """Stream ``c`` for steps [start_step, start_step + steps): arrays of shape [steps * b] with the
+        dataset, local sample id, dataset epoch and shard index of every slot."""
+        b = self.per_stream
+        slots = np.arange(start_step * b, (start_step + steps) * b, dtype=np.int64)
+        d, q = self.slots_to_positions(slots)
+        out = {k: np.empty(len(slots), np.int64) for k in ("dataset", "local", "epoch", "shard")}
+        out["dataset"][:] = d
+        for di in np.unique(d):
+            sel = d == di
+            length = self.stream_length(int(di), c)
+            epochs, idx = np.divmod(q[sel], length)
+            out["epoch"][sel] = epochs
+            local = np.empty(len(idx), np.int64)
+            for e in np.unique(epochs):
+                ids, bounds = self.epoch(int(di), int(e))
+                m = epochs == e
+                local[m] = ids[bounds[c] + idx[m]]
+            out["local"][sel] = local
+            out["shard"][sel] = np.searchsorted(self.shard_starts[di], local, side="right") - 1
+        return out
+
+    def rank_streams(self, rank: int, world_size: int) -> range:
+        if world_size < 1 or self.streams % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"world size {world_size} (rank {rank}) must divide data.canonical_streams="
+                             f"{self.streams}; choose W among {divisors(self.streams)} or change C")
+        per = self.streams // world_size
+        return range(rank * per, (rank + 1) * per)
+
+    def rank_block(self, rank: int, world_size: int, start_step: int, steps: int) -> dict[str, np.ndarray]:
+        """The rank's samples for ``steps`` steps: arrays of shape [steps, B/W] in global-batch order."""
+        parts = [self.stream_block(c, start_step, steps) for c in self.rank_streams(rank, world_size)]
+        return {k: np.concatenate([p[k].reshape(steps, -1) for p in parts], axis=1) for k in parts[0]}
+
+    def global_batch_ids(self, step: int) -> np.ndarray:
+        """Encoded sample ids of global batch ``step`` (rank-independent)."""
+        block = self.rank_block(0, 1, step, 1)
+        return encode_ids(block["dataset"][0], block["local"][0])
+
+    def visits(self, d: int, c: int, e: int) -> dict[str, np.ndarray]:
+        """Each shard's span in stream ``c`` of dataset ``d``, epoch ``e``, as global steps: arrays shard,
+        first_step, last_step (sorted by first use)."""
+        ids, bounds = self.epoch(d, e)
+        local = ids[bounds[c]:bounds[c + 1]]
+        shard = np.searchsorted(self.shard_starts[d], local, side="right") - 1
+        uniq, first = np.unique(shard, return_index=True)
+        _, last_rev = np.unique(shard[::-1], return_index=True)
+        last = len(shard) - 1 - last_rev
+        base = e * self.stream_length(d, c)
+        order = np.argsort(first, kind="stable")
+        b = self.per_stream
+        return {"shard": uniq[order],
+                "first_step": self.position_to_slot(d, base + first[order]) // b,
+                "last_step": self.position_to_slot(d, base + last[order]) // b}
+
+    def first_step_of_epoch(self, d: int, c: int, e: int) -> int:
+        return int(self.position_to_slot(d, np.int64(e * self.stream_length(d, c)))) // self.per_stream
+
+
+def divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
