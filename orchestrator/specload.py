@@ -88,6 +88,8 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         node: Any = raw
         for i, key in enumerate(keys[:-1]):
             node = _child(node, key, keys[: i + 1], source)

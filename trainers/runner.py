@@ -26,6 +26,7 @@ class Runner:
         self.get_checkpoint = get_checkpoint or (lambda: None)
         self.family = load_family(spec.model.family)
         self.step = 0
+        self._grad_norm = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
                        if rank == 0 and run.get("mlflow_run_id") else NullLogger())
         self._build_engine()
@@ -141,11 +142,13 @@ class Runner:
         wait = time.perf_counter() - start
         total = 0.0
         self.engine.train()
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             batch = _to_device(batch, self.engine.device)
             outputs = self.engine(batch)
             loss = self.family.loss(outputs, batch, self.spec.model)
             self.engine.backward(loss)
+            if i == len(micro_batches) - 1 and self.spec.distributed.zero_stage == 0:
+                self._grad_norm = _local_grad_norm(self.engine.module)  # ZeRO-0 does not record it
             self.engine.step()
             total += loss.detach().float().item()
         return total / len(micro_batches), time.perf_counter() - start, wait
@@ -158,7 +161,8 @@ class Runner:
         metrics = {
             "train/loss": losses.item() / self.world,
             "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "train/grad_norm": float(self.engine.get_global_grad_norm() if self.spec.distributed.zero_stage
+                                     else self._grad_norm),
             "train/step_time_s": step_time,
             "train/samples_per_s": self.spec.train.global_batch_size / step_time,
             "train/data_wait_frac": sum(w[2] for w in window) / max(1e-12, sum(w[1] for w in window)),
@@ -240,6 +244,12 @@ class Runner:
         if state is not None and isinstance(self.logger, MetricLogger):
             weights.export_model(state, self.family.build_model, self.spec.model, None, self.logger.client,
                                  self.logger.run_id)
+
+
+def _local_grad_norm(module: torch.nn.Module) -> float:
+    """Gradient norm before clipping; under ZeRO-0 gradients are already all-reduced, so local = global."""
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
 def _to_device(batch: dict, device) -> dict:

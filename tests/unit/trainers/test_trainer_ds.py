@@ -1,0 +1,88 @@
+"""DeepSpeed setup from the spec: batch decomposition, schedule, config; one real engine per ZeRO stage."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from orchestrator.spec import DistributedSpec, OptimSpec, ScheduleSpec, TrainSpec
+from trainers import ds
+
+
+def _train(**kw) -> TrainSpec:
+    return TrainSpec(**{"global_batch_size": 16, "micro_batch_size": 2, "max_steps": 100, **kw})
+
+
+@pytest.mark.parametrize("world,accum", [(1, 8), (2, 4), (4, 2), (8, 1)])
+def test_grad_accumulation_keeps_global_batch(world, accum):
+    assert ds.grad_accumulation(_train(), world) == accum
+    cfg = ds.ds_config(_train(), OptimSpec(), DistributedSpec(), world)
+    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * world
+
+
+def test_grad_accumulation_rejects_impossible_world():
+    with pytest.raises(ValueError, match="not a multiple"):
+        ds.grad_accumulation(_train(), 3)
+
+
+def test_warmup_then_cosine_to_floor():
+    f = ds.lr_lambda(OptimSpec(schedule=ScheduleSpec(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)), 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1)
+
+
+def test_linear_and_constant():
+    lin = ds.lr_lambda(OptimSpec(schedule=ScheduleSpec(kind="linear")), 100)
+    assert lin(0) == pytest.approx(1.0) and lin(50) == pytest.approx(0.5) and lin(100) == pytest.approx(0.0)
+    const = ds.lr_lambda(OptimSpec(schedule=ScheduleSpec(kind="constant", warmup_steps=4)), 100)
+    assert const(1) == pytest.approx(0.5) and const(50) == 1.0
+
+
+def test_weight_decay_only_on_matrices():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = ds.build_optimizer(model, OptimSpec(weight_decay=0.1), offload=False)
+    decays = {len(g["params"]): g["weight_decay"] for g in opt.param_groups}
+    assert decays == {1: 0.1, 3: 0.0}
+
+
+def test_offload_and_zero3_config():
+    cfg = ds.ds_config(_train(precision="bf16"), OptimSpec(grad_clip=None),
+                       DistributedSpec(zero_stage=3, offload_optimizer=True, offload_params=True), 2)
+    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert cfg["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert cfg["bf16"]["enabled"] is True and cfg["gradient_clipping"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                      DS_ACCELERATOR="cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_engine_learns_at_every_stage(stage, process_group):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    engine, _, sched = ds.initialize(model, _train(global_batch_size=4, micro_batch_size=2, max_steps=30),
+                                     OptimSpec(lr=1e-2), DistributedSpec(zero_stage=stage), 1)
+    x = torch.randn(64, 4)
+    y = x.sum(1, keepdim=True)
+    losses = []
+    for step in range(30):
+        for micro in range(2):
+            idx = slice((step * 4 + micro * 2) % 64, (step * 4 + micro * 2) % 64 + 2)
+            loss = torch.nn.functional.mse_loss(engine(x[idx]), y[idx])
+            engine.backward(loss)
+            engine.step()
+        losses.append(torch.nn.functional.mse_loss(engine(x), y).item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert engine.global_steps == 30
