@@ -1,0 +1,166 @@
+"""ClimaX (Nguyen et al. 2023, microsoft/ClimaX), written for sciscale.
+
+Each variable is patch-embedded with its own weights (variable tokenisation) and tagged with a learned
+variable embedding; one cross-attention layer with a learned query folds the variables of a patch into one
+token; fixed 2D sin-cos positions and a lead-time embedding are added; ViT blocks and an MLP head follow.
+The vocabulary (``spec.variables``) fixes the parameters; any subset of it can be fed (fine-tuning).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models.weather.config import CLIMAX_SIZES, WeatherModelSpec
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with fused scaled-dot-product attention."""
+
+    def __init__(self, dim: int, heads: int, drop_path: float, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + self._drop(self.proj(attn.transpose(1, 2).reshape(b, n, d)))
+        return x + self._drop(self.mlp(self.norm2(x)))
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return y
+        keep = 1.0 - self.drop_path
+        mask = y.new_empty(y.shape[0], 1, 1).bernoulli_(keep)
+        return y * mask / keep
+
+
+class ClimaX(nn.Module):
+    """forward(batch) with ``inputs`` [b, T, V_in, H, W] and ``lead_hours`` [b] -> [b, V_out, H, W]."""
+
+    def __init__(self, spec: WeatherModelSpec):
+        super().__init__()
+        dim, depth, heads, decoder_depth = CLIMAX_SIZES[spec.size]
+        self.patch, self.grid, self.residual = spec.patch, tuple(spec.grid), spec.residual
+        self.activation_checkpointing = False  # set by the trainer from distributed.activation_checkpointing
+        vocab = spec.variables
+        self.register_buffer("in_ids", torch.tensor([vocab.index(v) for v in spec.model_inputs]), persistent=False)
+        self.register_buffer("out_ids", torch.tensor([vocab.index(v) for v in spec.model_outputs]), persistent=False)
+        # where each output variable sits among the inputs, for the residual (persistence) path
+        self.register_buffer(
+            "out_in_pos", torch.tensor([spec.model_inputs.index(v) for v in spec.model_outputs]), persistent=False
+        )
+        self._build_embeddings(len(vocab), spec.history, dim, heads)
+        rates = [spec.drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(dim, heads, r) for r in rates)
+        self.norm = nn.LayerNorm(dim)
+        self._build_head(len(vocab), dim, decoder_depth)
+        self.apply(_init_weights)
+        if self.residual:
+            # a zero tendency at start: the untrained model is exactly persistence
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+
+    def _build_embeddings(self, vocab: int, history: int, dim: int, heads: int) -> None:
+        p = self.patch
+        fan_in = history * p * p
+        self.patch_weight = nn.Parameter(torch.randn(vocab, fan_in, dim) / math.sqrt(fan_in))
+        self.patch_bias = nn.Parameter(torch.zeros(vocab, dim))
+        self.var_embed = nn.Parameter(_sincos_1d(dim, torch.arange(vocab, dtype=torch.float32)))
+        self.var_query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.var_agg = nn.MultiheadAttention(dim, heads, batch_first=True)
+        h, w = self.grid[0] // p, self.grid[1] // p
+        self.register_buffer("pos_embed", _sincos_2d(dim, h, w))
+        self.lead_embed = nn.Linear(1, dim)
+
+    def _build_head(self, vocab: int, dim: int, decoder_depth: int) -> None:
+        layers: list[nn.Module] = []
+        for _ in range(decoder_depth):
+            layers += [nn.Linear(dim, dim), nn.GELU()]
+        layers.append(nn.Linear(dim, vocab * self.patch * self.patch))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.predict(batch["inputs"], batch["lead_hours"])
+
+    def predict(self, inputs: torch.Tensor, lead_hours: torch.Tensor) -> torch.Tensor:
+        """Normalised fields at ``lead_hours`` after the last input step."""
+        tokens = self._tokenize(inputs) + self.var_embed[self.in_ids][None, :, None, :]
+        x = self._aggregate(tokens)
+        lead = self.lead_embed((lead_hours.to(x.dtype) / 24.0)[:, None])
+        x = x + self.pos_embed + lead[:, None, :]
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        out = self._unpatchify(self.head(self.norm(x)))
+        if self.residual:
+            out = out + inputs[:, -1, self.out_in_pos]
+        return out
+
+    def _tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, T, V, H, W] -> [b, V, L, D] with one set of patch weights per variable."""
+        b, t, v, hh, ww = x.shape
+        if (hh, ww) != self.grid:
+            raise ValueError(f"ClimaX inputs: grid {(hh, ww)} differs from model.grid {self.grid}")
+        p = self.patch
+        x = x.reshape(b, t, v, hh // p, p, ww // p, p).permute(0, 2, 3, 5, 1, 4, 6)
+        patches = x.reshape(b, v, (hh // p) * (ww // p), t * p * p)
+        tokens = torch.einsum("bvlk,vkd->bvld", patches, self.patch_weight[self.in_ids])
+        return tokens + self.patch_bias[self.in_ids][None, :, None, :]
+
+    def _aggregate(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Cross-attention of a learned query over the variables of each patch: [b, V, L, D] -> [b, L, D]."""
+        b, v, n, d = tokens.shape
+        kv = tokens.permute(0, 2, 1, 3).reshape(b * n, v, d)
+        out, _ = self.var_agg(self.var_query.expand(b * n, 1, d), kv, kv, need_weights=False)
+        return out.reshape(b, n, d)
+
+    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, L, vocab * p * p] -> [b, V_out, H, W] for the output variables."""
+        p, (hh, ww) = self.patch, self.grid
+        b = x.shape[0]
+        x = x.reshape(b, hh // p, ww // p, -1, p, p)[:, :, :, self.out_ids]
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, -1, hh, ww)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """[n] positions -> [n, dim] sin-cos features (the transformer's fixed embedding)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float32) / (dim / 2))
+    angles = pos[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def _sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """[1, h*w, dim]: half of the channels encode the row, half the column (as in MAE/ClimaX)."""
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    emb = torch.cat([_sincos_1d(dim // 2, rows.flatten()), _sincos_1d(dim // 2, cols.flatten())], dim=1)
+    return emb[None]
+
+
+def build_climax(spec: WeatherModelSpec) -> ClimaX:
+    """The ClimaX model of ``spec``."""
+    return ClimaX(spec)

@@ -1,0 +1,106 @@
+"""The weather family's spec (torch-free: the orchestrator imports it to validate job specs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+# Named ClimaX sizes: (embed_dim, depth, heads, decoder_depth). "B" is the paper's configuration (1024/8/16,
+# about 108M parameters with 48 variables on 32x64); "H" is a Prithvi-WxC-scale model of about 2.5B.
+CLIMAX_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "debug": (128, 4, 4, 1),
+    "B": (1024, 8, 16, 2),
+    "H": (2560, 31, 20, 2),
+}
+
+# Named SFNO sizes: (embed_dim, num_layers, scale_factor).
+SFNO_SIZES: dict[str, tuple[int, int, int]] = {
+    "debug": (64, 4, 2),
+    "B": (384, 8, 1),
+    "H": (1536, 16, 1),
+}
+
+
+class WeatherModelSpec(BaseModel):
+    """A global medium-range forecast model on a latitude-longitude grid (ClimaX or SFNO)."""
+
+    model_config = _CONFIG
+
+    family: Literal["weather"] = "weather"
+    """Model family discriminator."""
+    arch: Literal["climax", "sfno"] = "climax"
+    """climax: variable-tokenised ViT (microsoft/ClimaX); sfno: spherical Fourier neural operator baseline."""
+    size: Literal["debug", "B", "H"] = "debug"
+    """Named size: debug (CPU), B (ClimaX paper, ~108M with 48 variables), H (~2.5B)."""
+    variables: list[str] = Field(min_length=1)
+    """Pretraining variable vocabulary in WeatherBench2 naming, levels as suffix (geopotential_500,
+    2m_temperature). ClimaX learns one patch embedding and one variable embedding per entry."""
+    in_variables: list[str] | None = None
+    """Variables fed to the model (a subset of ``variables`` when fine-tuning); default: all of ``variables``."""
+    out_variables: list[str] | None = None
+    """Variables predicted and scored (a subset of ``in_variables``); default: all of ``in_variables``."""
+    grid: tuple[int, int] = (32, 64)
+    """(latitudes, longitudes) of the data; must match the dataset's ``lat``/``lon`` attrs."""
+    patch_size: int | None = Field(default=None, ge=1)
+    """ClimaX patch size (default: 4 for debug, 2 otherwise); both grid sides must be multiples of it."""
+    history: int = Field(default=1, ge=1)
+    """Input time steps per sample; must not exceed the dataset's stored history."""
+    lead_hours: int = Field(default=24, gt=0)
+    """The forecast lead the model is trained and scored at; longer leads are reached by rollout."""
+    rollout_steps: int = Field(default=1, ge=1)
+    """Autoregressive steps scored in the plots (baselines also in metrics): leads lead_hours * 1..rollout_steps.
+    Rollout feeds predictions back, so it needs out_variables == in_variables."""
+    residual: bool = True
+    """Predict the change from the last input step (the model starts as persistence and learns the tendency)."""
+    drop_path: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Stochastic depth rate of the last block (linearly increasing from 0)."""
+
+    @model_validator(mode="after")
+    def _check_variables(self) -> "WeatherModelSpec":
+        _check_subset(self.in_variables, self.variables, "model.in_variables", "model.variables")
+        _check_subset(self.out_variables, self.model_inputs, "model.out_variables", "model.in_variables")
+        if len(set(self.variables)) != len(self.variables):
+            raise ValueError("model.variables lists a variable twice; each name must appear once")
+        patch = self.patch
+        if self.arch == "climax" and (self.grid[0] % patch or self.grid[1] % patch):
+            raise ValueError(
+                f"model.grid {tuple(self.grid)} is not divisible by model.patch_size {patch}; "
+                "choose a patch size that divides both grid sides"
+            )
+        return self
+
+    @property
+    def model_inputs(self) -> list[str]:
+        """The variables the model reads, in order."""
+        return list(self.in_variables or self.variables)
+
+    @property
+    def model_outputs(self) -> list[str]:
+        """The variables the model predicts, in order."""
+        return list(self.out_variables or self.model_inputs)
+
+    @property
+    def patch(self) -> int:
+        """The effective ClimaX patch size."""
+        return self.patch_size or (4 if self.size == "debug" else 2)
+
+    @property
+    def rollout_leads(self) -> list[int]:
+        """Leads scored by autoregressive rollout, in hours."""
+        return [self.lead_hours * k for k in range(1, self.rollout_steps + 1)]
+
+
+def _check_subset(names: list[str] | None, allowed: list[str], field: str, other: str) -> None:
+    if names is None:
+        return
+    if not names:
+        raise ValueError(f"{field} is empty; omit it to use all of {other}")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"{field} has {unknown}, which are not in {other} {allowed}; add them there or drop them")
+
+
+MODEL_SPEC = WeatherModelSpec

@@ -1,0 +1,102 @@
+"""Stored forecast windows -> normalised training examples, collation and synthetic batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.converters.weatherbench2 import decode_climatology
+from models.weather.config import WeatherModelSpec
+from models.weather.metrics import lat_weights
+
+
+class WeatherTransform:
+    """One stored window (``inputs``, ``targets`` and meta ``time``) -> normalised example; picklable.
+
+    Example keys: ``inputs`` [T, V_in, H, W]; ``targets`` [K, V_out, H, W] at leads lead_hours * 1..K;
+    ``clim`` [K, V_out, H, W] (climatology at each target's valid time); ``lead_hours``; ``std`` [V_out]
+    (to report errors in physical units); ``lat_weights`` [H]; ``time`` (init, hours since 1970).
+    """
+
+    def __init__(self, spec: WeatherModelSpec, manifest):
+        attrs = manifest.attrs
+        stored = list(attrs.get("variables", []))
+        self.in_idx = _indices(spec.model_inputs, stored, "model.in_variables")
+        self.out_idx = _indices(spec.model_outputs, stored, "model.out_variables")
+        self.lead_idx = _lead_indices(spec, attrs.get("lead_hours", []))
+        _check_grid(spec, attrs)
+        if spec.history > int(attrs.get("history", 1)):
+            raise ValueError(f"model.history={spec.history} but the dataset stores {attrs.get('history', 1)} "
+                             "input steps; convert with a longer --history or lower model.history")
+        self.history, self.lead = spec.history, float(spec.lead_hours)
+        self.mean = np.asarray(attrs["mean"], dtype=np.float32)[:, None, None]
+        self.std = np.asarray(attrs["std"], dtype=np.float32)[:, None, None]
+        hours, clim = decode_climatology(attrs)
+        self.clim_hours, self.clim = hours, (clim - self.mean) / self.std
+        self.valid_offsets = np.asarray(spec.rollout_leads, dtype=np.int64)
+        self.weights = lat_weights(np.asarray(attrs["lat"]))
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        inputs = (sample["inputs"][-self.history:] - self.mean) / self.std
+        targets = (sample["targets"][self.lead_idx] - self.mean) / self.std
+        init = int(np.asarray(sample["time"]).reshape(()))
+        slots = np.searchsorted(self.clim_hours, (init + self.valid_offsets) % 24).clip(0, len(self.clim_hours) - 1)
+        return {
+            "inputs": inputs[:, self.in_idx].astype(np.float32),
+            "targets": targets[:, self.out_idx].astype(np.float32),
+            "clim": self.clim[slots][:, self.out_idx].astype(np.float32),
+            "lead_hours": np.float32(self.lead),
+            "std": self.std[self.out_idx, 0, 0],
+            "lat_weights": self.weights,
+            "time": np.int64(init),
+        }
+
+
+def _indices(names: list[str], stored: list[str], field: str) -> list[int]:
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise ValueError(f"{field}: {missing} are not in the dataset, which stores {stored}; convert them "
+                         "(sciscale data convert weatherbench2 --variables ...) or drop them from the spec")
+    return [stored.index(n) for n in names]
+
+
+def _lead_indices(spec: WeatherModelSpec, stored: list[int]) -> list[int]:
+    missing = [h for h in spec.rollout_leads if h not in stored]
+    if missing:
+        raise ValueError(f"model.lead_hours={spec.lead_hours} x rollout_steps={spec.rollout_steps} needs leads "
+                         f"{missing} h that the dataset does not store (it has {stored}); convert with "
+                         "--leads including them or lower model.rollout_steps")
+    return [stored.index(h) for h in spec.rollout_leads]
+
+
+def _check_grid(spec: WeatherModelSpec, attrs: dict) -> None:
+    grid = (len(attrs.get("lat", [])), len(attrs.get("lon", [])))
+    if grid != tuple(spec.grid):
+        raise ValueError(f"model.grid={tuple(spec.grid)} but the dataset grid is {grid} (lat, lon); set "
+                         f"model.grid: {list(grid)}")
+
+
+def make_transform(spec: WeatherModelSpec, manifest) -> WeatherTransform:
+    """The family's ``make_transform``."""
+    return WeatherTransform(spec, manifest)
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack examples key by key."""
+    return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
+
+
+def example_batch(spec: WeatherModelSpec, batch_size: int) -> dict[str, torch.Tensor]:
+    """A synthetic batch with the shapes of a real one (standard-normal fields, uniform weights)."""
+    h, w = spec.grid
+    k, v_in, v_out = spec.rollout_steps, len(spec.model_inputs), len(spec.model_outputs)
+    g = torch.Generator().manual_seed(0)
+    return {
+        "inputs": torch.randn(batch_size, spec.history, v_in, h, w, generator=g),
+        "targets": torch.randn(batch_size, k, v_out, h, w, generator=g),
+        "clim": torch.zeros(batch_size, k, v_out, h, w),
+        "lead_hours": torch.full((batch_size,), float(spec.lead_hours)),
+        "std": torch.ones(batch_size, v_out),
+        "lat_weights": torch.ones(batch_size, h),
+        "time": torch.zeros(batch_size, dtype=torch.int64),
+    }
