@@ -21,7 +21,9 @@ are encoded as ``d << 48 | local id``.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -123,6 +125,16 @@ class Plan:
             self._rank_in_period[where] = np.arange(len(where))
             self._slot_of.append(where)
         self.shard_starts = [np.cumsum(s.shard_counts) - s.shard_counts for s in self.sources]
+        self._before = [np.concatenate([[0], np.cumsum(self.pattern == d)]) for d in range(len(self.sources))]
+
+    def dataset_position(self, d: int, slot: int) -> int:
+        """How many of a stream's slots before ``slot`` belong to dataset ``d``."""
+        period = len(self.pattern)
+        return int((slot // period) * self.quota[d] + self._before[d][slot % period])
+
+    def epoch_at(self, d: int, c: int, step: int) -> int:
+        """The epoch of dataset ``d`` that stream ``c`` is in at the start of ``step``."""
+        return self.dataset_position(d, step * self.per_stream) // self.stream_length(d, c)
 
     def epoch(self, d: int, e: int) -> tuple[np.ndarray, np.ndarray]:
         """Cached ``epoch_order`` of dataset ``d``, epoch ``e``."""
@@ -207,6 +219,81 @@ class Plan:
 
     def first_step_of_epoch(self, d: int, c: int, e: int) -> int:
         return int(self.position_to_slot(d, np.int64(e * self.stream_length(d, c)))) // self.per_stream
+
+
+@dataclass(order=True)
+class Visit:
+    """One span of uses of a shard by a rank: fetch it before ``first_step``, drop it after ``last_step``."""
+
+    first_step: int
+    seq: int
+    dataset: int
+    shard: int
+    last_step: int
+
+
+class RankSchedule:
+    """The rank's shard visits in order of first use from ``start_step`` on, generated epoch by epoch."""
+
+    def __init__(self, plan: Plan, rank: int, world_size: int, start_step: int) -> None:
+        self.plan, self.start_step = plan, start_step
+        self._heap: list[Visit] = []
+        self._seq = 0
+        self._next = {(d, c): plan.epoch_at(d, c, start_step)
+                      for d in range(len(plan.sources)) for c in plan.rank_streams(rank, world_size)}
+
+    def _frontier(self, key: tuple[int, int]) -> int:
+        return self.plan.first_step_of_epoch(key[0], key[1], self._next[key])
+
+    def _load(self, key: tuple[int, int]) -> None:
+        d, c = key
+        v = self.plan.visits(d, c, self._next[key])
+        self._next[key] += 1
+        for shard, first, last in zip(v["shard"].tolist(), v["first_step"].tolist(), v["last_step"].tolist()):
+            if last < self.start_step:
+                continue  # used up before the resume point
+            heapq.heappush(self._heap, Visit(max(first, self.start_step), self._seq, d, shard, last))
+            self._seq += 1
+
+    def __iter__(self) -> Iterator[Visit]:
+        while True:
+            key = min(self._next, key=self._frontier)
+            # an unloaded epoch cannot start before its frontier: the heap top is safe to hand out
+            while not self._heap or self._heap[0].first_step >= self._frontier(key):
+                self._load(key)
+                key = min(self._next, key=self._frontier)
+            yield heapq.heappop(self._heap)
+
+
+def block_visits(dataset: np.ndarray, shard: np.ndarray) -> list[Visit]:
+    """Visits of a finite [steps, slots] block (the val pass): one per shard, first to last step of use."""
+    steps = np.repeat(np.arange(dataset.shape[0]), dataset.shape[1])
+    keys = dataset.ravel() * (1 << 32) + shard.ravel()
+    uniq, first = np.unique(keys, return_index=True)
+    _, last_rev = np.unique(keys[::-1], return_index=True)
+    last = len(keys) - 1 - last_rev
+    order = np.argsort(first, kind="stable")
+    return [Visit(int(steps[first[i]]), n, int(uniq[i] >> 32), int(uniq[i] & 0xFFFFFFFF), int(steps[last[i]]))
+            for n, i in enumerate(order)]
+
+
+def val_assignment(counts: list[int], rank: int, world_size: int, micro_batch: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One deterministic pass over the concatenated val datasets: rank r takes a contiguous, disjoint
+    range; every rank yields the same number of micro-batches, padded by repeating a real sample with
+    valid=False. Returns dataset, local id and valid, each shaped [num_batches, micro_batch]."""
+    total = int(sum(counts))
+    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+    per_rank = -(-total // world_size)
+    num_batches = max(1, -(-per_rank // micro_batch))
+    flat = np.arange(lo, lo + num_batches * micro_batch)
+    valid = flat < hi
+    flat = np.where(valid, flat, hi - 1 if hi > lo else 0)
+    starts = np.cumsum(counts) - np.asarray(counts)
+    dataset = np.searchsorted(starts, flat, side="right") - 1
+    local = flat - starts[dataset]
+    shape = (num_batches, micro_batch)
+    return dataset.reshape(shape), local.reshape(shape), valid.reshape(shape)
 
 
 def divisors(n: int) -> list[int]:

@@ -81,6 +81,8 @@ class DataSpec(BaseModel):
     """Local shard cache directory (default: a temporary directory per rank)."""
     cache_limit_bytes: int | None = Field(default=None, gt=0)
     """Upper bound on the shard cache size per rank (default: prefetch + shuffle_window shards)."""
+    fields: list[str] | None = None
+    """Fields to read (default: all); each must exist in every dataset's schema, checked at start-up."""
     storage: StorageSpec = Field(default_factory=StorageSpec)
     """Object-store endpoint settings (credentials from the environment)."""
 

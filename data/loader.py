@@ -1,0 +1,278 @@
+"""The per-rank streaming loader: plan -> shard visits -> local cache -> DataLoader workers -> micro-batches.
+
+The main process walks the rank's plan step by step. Before it hands step k's micro-batch tasks to the
+DataLoader it acquires every shard visit that starts at k, plus up to ``prefetch`` visits further ahead
+(downloaded in background threads); it waits only for the shards step k reads. Worker processes map the
+local shard files and decode samples (transform + collate). A visit is released once step k has been
+delivered to the trainer and k was its last planned step: the file is deleted.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.cache import ShardCache
+from data.format import FieldSpec, Manifest, open_shard, read_manifest
+from data.plan import Plan, PlanSource, RankSchedule, Visit, block_visits, encode_ids, val_assignment
+from data.storage import storage_options
+
+STATE_KIND = "sciscale.data/1"
+
+
+def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, global_batch: int,
+                 micro_batch: int, seed: int, start_step: int = 0, transform: Callable | None = None,
+                 collate: Callable | None = None, resume_state: dict | None = None) -> "StepLoader":
+    """A StepLoader for ``split`` ('train': endless, from ``start_step``; 'val': one pass, padded)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split {split!r}: expected 'train' or 'val'")
+    if not sources:
+        raise ValueError(f"data.{split} lists no dataset; add at least one url")
+    urls = [s.url for s in sources]
+    options = [storage_options(u, data_spec.storage) for u in urls]
+    manifests = [read_manifest(u, o) for u, o in zip(urls, options)]
+    fields = _check_fields(urls, manifests, data_spec.fields)
+    per_rank = global_batch // world_size if world_size and global_batch % world_size == 0 else 0
+    if split == "train" and (not per_rank or per_rank % micro_batch):
+        raise ValueError(f"global batch {global_batch} must be a multiple of micro batch {micro_batch} x world "
+                         f"size {world_size}; change train.global_batch_size or train.micro_batch_size")
+    plan_sources = [PlanSource(m.shard_counts(), s.weight, m.version) for m, s in zip(manifests, sources)]
+    if split == "val":  # one ordered pass: only the shard layout of the plan is used
+        plan = Plan(plan_sources, seed, 1, 1, data_spec.shuffle_window)
+    else:
+        plan = Plan(plan_sources, seed, data_spec.canonical_streams, global_batch, data_spec.shuffle_window)
+        plan.rank_streams(rank, world_size)  # W must divide C
+        _check_resume(resume_state, plan, start_step)
+    cache_dir = None if data_spec.cache_dir is None else f"{data_spec.cache_dir.rstrip('/')}/rank-{rank}"
+    cache = ShardCache(urls, manifests, options, cache_dir, threads=max(1, min(data_spec.prefetch, 8)))
+    reader = ShardSampleDataset(fields, manifests, transform, collate, seed)
+    return StepLoader(plan, cache, reader, split=split, rank=rank, world_size=world_size, micro_batch=micro_batch,
+                      start_step=start_step, prefetch=data_spec.prefetch, num_workers=data_spec.num_workers,
+                      cache_limit=data_spec.cache_limit_bytes)
+
+
+def _check_fields(urls: list[str], manifests: list[Manifest], wanted: list[str] | None) -> list[str]:
+    first = manifests[0].fields
+    for url, m in zip(urls[1:], manifests[1:]):
+        if m.fields != first:
+            raise ValueError(f"{url}: schema {_schema(m.fields)} differs from {urls[0]}'s {_schema(first)}; a "
+                             "mixture needs one schema: convert the datasets or train on them separately")
+    for name in wanted or []:
+        if name not in first:
+            raise ValueError(f"data.fields lists {name!r}, but {urls[0]} has fields {sorted(first)}; fix "
+                             "data.fields or point data.train at a dataset with that field")
+    return list(wanted or first)
+
+
+def _schema(fields: dict[str, FieldSpec]) -> str:
+    return "{" + ", ".join(f"{k}: {v.dtype}{list(v.shape)}{' ragged' if v.ragged else ''}"
+                           for k, v in fields.items()) + "}"
+
+
+def resume_state(plan: Plan, step: int) -> dict:
+    """The few hundred bytes that pin the sample stream at ``step`` for any world size dividing C."""
+    return {"kind": STATE_KIND, "versions": [s.version for s in plan.sources],
+            "weights": [s.weight for s in plan.sources], "seed": plan.seed, "canonical_streams": plan.streams,
+            "global_batch": plan.global_batch, "shuffle_window": plan.window, "step": int(step),
+            "epoch": plan.epoch_at(0, 0, step)}
+
+
+def _check_resume(state: dict | None, plan: Plan, start_step: int) -> None:
+    if state is None:
+        return
+    now = resume_state(plan, start_step)
+    diff = [k for k in now if k not in ("epoch",) and state.get(k) != now[k]]
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {state.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume the data stream: {detail}. Resume with the same datasets, seed, "
+                         "canonical_streams, global batch and shuffle_window (the world size may change)")
+
+
+class ShardSampleDataset(Dataset):
+    """Runs in DataLoader workers: maps shard files, decodes one micro-batch task, transforms, collates."""
+
+    def __init__(self, fields: list[str], manifests: list[Manifest], transform, collate, seed: int,
+                 max_open: int = 64) -> None:
+        self.fields = fields
+        self.specs = [{f: m.fields[f] for f in fields} for m in manifests]
+        self.transform, self.collate, self.seed, self.max_open = transform, collate, seed, max_open
+        self._open: collections.OrderedDict = collections.OrderedDict()
+
+    def _view(self, path: str, d: int):
+        view = self._open.get(path)
+        if view is None:
+            view = self._open[path] = open_shard(path, self.specs[d])
+            if len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(path)
+        return view
+
+    def __getitem__(self, task: dict) -> dict:
+        examples = []
+        views = [self._view(p, d) for p, d in zip(task["paths"], task["path_dataset"].tolist())]
+        for v, idx, sid, epoch in zip(task["path_idx"].tolist(), task["index"].tolist(), task["sample_id"].tolist(),
+                                      task["epoch"].tolist()):
+            sample = views[v].sample(idx)
+            if self.transform is not None:
+                sample = self.transform(sample, np.random.default_rng([self.seed, epoch, sid]))
+            examples.append(sample)
+        batch = (self.collate or default_collate)(examples)
+        batch["sample_id"] = torch.as_tensor(task["sample_id"], dtype=torch.int64)
+        if task.get("valid") is not None:
+            batch["_valid"] = torch.as_tensor(task["valid"], dtype=torch.bool)
+        return batch
+
+    def __len__(self) -> int:  # tasks come from the sampler; DataLoader never asks for a length here
+        raise TypeError("ShardSampleDataset is indexed by task dicts from the StepLoader")
+
+
+def default_collate(examples: list[dict]) -> dict:
+    """Stack fixed-shape fields; concatenate ragged ones and add ``<name>_counts``."""
+    out = {}
+    for key in examples[0]:
+        arrays = [np.asarray(e[key]) for e in examples]
+        if all(a.shape == arrays[0].shape for a in arrays):
+            out[key] = torch.from_numpy(np.stack(arrays))
+        else:
+            out[key] = torch.from_numpy(np.concatenate(arrays))
+            out[key + "_counts"] = torch.tensor([len(a) for a in arrays], dtype=torch.int64)
+    return out
+
+
+def _identity(batch):
+    return batch
+
+
+class StepLoader:
+    """Iterate: train yields one list of ``accum`` micro-batches per global step; val yields micro-batches."""
+
+    def __init__(self, plan: Plan, cache: ShardCache, reader: ShardSampleDataset, *, split: str, rank: int,
+                 world_size: int, micro_batch: int, start_step: int, prefetch: int, num_workers: int,
+                 cache_limit: int | None) -> None:
+        self.plan, self.cache, self.reader, self.split = plan, cache, reader, split
+        self.rank, self.world_size, self.micro_batch = rank, world_size, micro_batch
+        self.start_step, self.prefetch, self.num_workers, self.cache_limit = start_step, prefetch, num_workers, cache_limit
+        self.accum = plan.global_batch // (micro_batch * world_size) if split == "train" else 1
+        self._releases: dict[int, list[Visit]] = collections.defaultdict(list)
+        self._ahead: collections.deque[Visit] = collections.deque()
+        self._loader: DataLoader | None = None
+        if split == "val":
+            counts = [s.num_samples for s in plan.sources]
+            self._val = val_assignment(counts, rank, world_size, micro_batch)
+            self.num_batches = self._val[0].shape[0]
+            """Micro-batches this rank yields in the val pass (equal on every rank; padding has _valid False)."""
+            shards = np.empty_like(self._val[0])
+            for d in range(len(plan.sources)):
+                m = self._val[0] == d
+                shards[m] = np.searchsorted(plan.shard_starts[d], self._val[1][m], side="right") - 1
+            self._val_shards = shards
+            self._visits: Iterator[Visit] = iter(block_visits(self._val[0], shards))
+        else:
+            self._visits = iter(RankSchedule(plan, rank, world_size, start_step))
+        self._peeked: Visit | None = None
+
+    # ---------------------------------------------------------------------------------------------- state
+    def state(self, step: int) -> dict:
+        """Resume state for a checkpoint taken after ``step`` global steps (pass it back with start_step)."""
+        return resume_state(self.plan, step)
+
+    # ---------------------------------------------------------------------------------------------- visits
+    def _peek(self) -> Visit | None:
+        if self._peeked is None:
+            self._peeked = next(self._visits, None)
+        return self._peeked
+
+    def _acquire_next(self) -> Visit:
+        v, self._peeked = self._peeked, None
+        self.cache.acquire(v.dataset, v.shard)
+        self._releases[v.last_step].append(v)
+        return v
+
+    def _prepare(self, step: int) -> None:
+        """Acquire every visit starting by ``step`` and up to ``prefetch`` later ones (within the limit)."""
+        while self._ahead and self._ahead[0].first_step <= step:
+            self._ahead.popleft()
+        while (v := self._peek()) is not None and v.first_step <= step:
+            self._acquire_next()
+        if self.cache_limit is not None and self.cache.held_bytes > self.cache_limit:
+            raise ValueError(f"rank {self.rank}, step {step}: the shards in use need {self.cache.held_bytes} bytes, "
+                             f"more than data.cache_limit_bytes={self.cache_limit}; raise the limit (at least "
+                             "(canonical_streams / world size) x (shuffle_window + 2) shards) or lower shuffle_window")
+        while len(self._ahead) < self.prefetch and (v := self._peek()) is not None:
+            size = self.cache.shard_bytes(v.dataset, v.shard)
+            if self.cache_limit is not None and self.cache.held_bytes + size > self.cache_limit:
+                break
+            self._ahead.append(self._acquire_next())
+
+    def _release(self, step: int) -> None:
+        for v in self._releases.pop(step, []):
+            self.cache.release(v.dataset, v.shard)
+
+    # ---------------------------------------------------------------------------------------------- tasks
+    def _task(self, dataset, local, shard, epoch, valid=None) -> dict:
+        keys, path_idx = np.unique(dataset * (1 << 32) + shard, return_inverse=True)
+        paths = [self.cache.wait(int(k >> 32), int(k & 0xFFFFFFFF)) for k in keys]
+        index = np.empty(len(local), np.int64)
+        for d in np.unique(dataset):
+            m = dataset == d
+            index[m] = local[m] - self.plan.shard_starts[d][shard[m]]
+        return {"paths": paths, "path_idx": path_idx, "path_dataset": keys >> 32, "dataset": dataset, "index": index,
+                "sample_id": encode_ids(dataset, local), "epoch": epoch, "valid": valid}
+
+    def _train_tasks(self) -> Iterator[dict]:
+        step, block_steps = self.start_step, 16
+        while True:
+            block = self.plan.rank_block(self.rank, self.world_size, step, block_steps)
+            for row in range(block_steps):
+                self._prepare(step + row)
+                for m in range(self.accum):
+                    sl = slice(m * self.micro_batch, (m + 1) * self.micro_batch)
+                    yield self._task(block["dataset"][row, sl], block["local"][row, sl], block["shard"][row, sl],
+                                     block["epoch"][row, sl])
+            step += block_steps
+
+    def _val_tasks(self) -> Iterator[dict]:
+        dataset, local, valid = self._val
+        for i in range(self.num_batches):
+            self._prepare(i)
+            yield self._task(dataset[i], local[i], self._val_shards[i], np.zeros(len(local[i]), np.int64), valid[i])
+
+    # ---------------------------------------------------------------------------------------------- iterate
+    def _dataloader(self, tasks: Iterator[dict]) -> DataLoader:
+        return DataLoader(self.reader, batch_size=None, sampler=tasks, num_workers=self.num_workers,
+                          collate_fn=_identity, prefetch_factor=2 if self.num_workers else None)
+
+    def __iter__(self):
+        if self._loader is not None:
+            raise RuntimeError("a StepLoader is iterated once; build a new one to restart")
+        self._loader = self._dataloader(self._train_tasks() if self.split == "train" else self._val_tasks())
+        self._batches = batches = iter(self._loader)
+        if self.split == "val":
+            for i, batch in enumerate(batches):
+                yield batch
+                self._release(i)
+            return
+        step = self.start_step
+        while True:
+            micro = [next(batches) for _ in range(self.accum)]
+            yield micro
+            self._release(step)
+            step += 1
+
+    def close(self) -> None:
+        """Stop the DataLoader workers and the download threads; delete the cached shards."""
+        iterator, self._batches = getattr(self, "_batches", None), None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.cache.close()
+
+    def __enter__(self) -> "StepLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
