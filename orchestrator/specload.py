@@ -156,6 +156,8 @@ def _explain(err: dict, raw: dict) -> tuple[str, Any, str]:
         hint = _did_you_mean(str(value), options)
         return path, value, f"{msg}{hint}"
     message = msg.removeprefix("Value error, ")
+    if isinstance(value, dict) and kind == "value_error":
+        value = _MISSING  # a cross-field rule: the message names the fields; the whole section is noise
     return path, value, message
 
 

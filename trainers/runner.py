@@ -27,6 +27,9 @@ class Runner:
         self.family = load_family(spec.model.family)
         self.step = 0
         self._grad_norm = 0.0
+        self.resumed_data_state = None
+        self.iteration_s: list[float] = []
+        self.logging_s = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
                        if rank == 0 and run.get("mlflow_run_id") else NullLogger())
         self._build_engine()
@@ -59,7 +62,6 @@ class Runner:
             self.logger.client.log_text(self.logger.run_id, text, "init_from.txt")
 
     def _build_data(self) -> None:
-        from data.loader import build_loader
         from data.format import read_manifest
         from data.storage import storage_options
 
@@ -108,7 +110,8 @@ class Runner:
         from data.loader import build_loader
 
         self.train_loader = build_loader(self.spec.data, self.spec.data.train, split="train",
-                                         start_step=self.step, **self._loader_args)
+                                         start_step=self.step, resume_state=self.resumed_data_state,
+                                         **self._loader_args)
         try:
             return self._loop()
         finally:
@@ -121,6 +124,7 @@ class Runner:
         window: list[tuple[float, float, float]] = []
         last: dict = {}
         while self.step < t.max_steps:
+            started = time.perf_counter()
             loss, step_time, wait = self._train_step(batches)
             self.step += 1
             window.append((loss, step_time, wait))
@@ -131,6 +135,7 @@ class Runner:
                 last.update(self.evaluate())
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
                 self._checkpoint(last)
+            self.iteration_s.append(time.perf_counter() - started)  # read by benchmarks/trainer_overhead.py
         last.update(self.evaluate(final=True))
         self._checkpoint(last)
         self._export()
@@ -167,7 +172,9 @@ class Runner:
             "train/samples_per_s": self.spec.train.global_batch_size / step_time,
             "train/data_wait_frac": sum(w[2] for w in window) / max(1e-12, sum(w[1] for w in window)),
         }
+        started = time.perf_counter()
         self.logger.log(metrics, self.step)
+        self.logging_s += time.perf_counter() - started
         if self.rank == 0:
             print(f"step {self.step}: " + " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()),
                   flush=True)

@@ -1,0 +1,181 @@
+"""End to end with real local Ray, real DeepSpeed (CPU, gloo) and an MLflow server on loopback."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SPEC = str(Path(__file__).resolve().parents[1] / "specs" / "backbone.yaml")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def ns_data(tmp_path_factory):
+    from data.generators.navier_stokes import generate
+
+    out = tmp_path_factory.mktemp("ns16")
+    generate(str(out), n_train=32, n_val=8, resolution=16, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture
+def launcher(ns_data, ray_head, mlflow_server, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ray_head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
+           "PYTHONPATH": str(ROOT)}
+    base = [f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
+            f"storage.runs_root={tmp_path / 'runs'}", f"tracking.uri={mlflow_server.endpoint}"]
+
+    def cmd(*extra: str, run_id: str | None = None, cluster: str | None = None) -> list[str]:
+        argv = [sys.executable, "-m", "orchestrator.cli", "launch", SPEC]
+        for item in base + list(extra):
+            argv += ["--set", item]
+        if run_id:
+            argv += ["--run-id", run_id]
+        if cluster:
+            argv += ["--cluster", cluster]
+        return argv
+
+    return cmd, env, tmp_path / "runs"
+
+
+def _run(argv, env, timeout=420) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _mlflow_run(server, run_name: str):
+    client = mlflow.MlflowClient(tracking_uri=server.endpoint)
+    runs = client.search_runs(client.get_experiment_by_name("backbone-tests").experiment_id,
+                              filter_string=f"tags.`sciscale.run_id` = '{run_name}'")
+    assert len(runs) == 1, f"expected exactly one MLflow run for {run_name}, got {len(runs)}"
+    return client, runs[0]
+
+
+def _losses(client, run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_trains_with_decreasing_loss(stage, launcher, mlflow_server):
+    cmd, env, _ = launcher
+    run_id = f"zero{stage}"
+    _run(cmd(f"distributed.zero_stage={stage}", "train.max_steps=10", run_id=run_id), env)
+    client, run = _mlflow_run(mlflow_server, run_id)
+    assert run.info.status == "FINISHED"
+    losses = _losses(client, run.info.run_id)
+    assert [s for s, _ in losses] == list(range(1, 11)), losses
+    first, last = sum(v for _, v in losses[:3]) / 3, sum(v for _, v in losses[-3:]) / 3
+    assert last < 0.9 * first, f"ZeRO-{stage}: loss did not decrease: {losses}"
+
+
+def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server, tmp_path):
+    cmd, env, _ = launcher
+    proc = _run(cmd("train.max_steps=6", run_id="artifacts"), env)
+    client, run = _mlflow_run(mlflow_server, "artifacts")
+    assert run.info.run_id in proc.stderr and "MLflow UI" in proc.stderr
+    assert run.data.params["train.global_batch_size"] == "8"
+    assert run.data.params["distributed.zero_stage"] == "2"
+    for key in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/step_time_s",
+                "train/data_wait_frac", "val/loss"):
+        assert key in run.data.metrics, f"metric {key} missing: {sorted(run.data.metrics)}"
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec.yaml", "weights.safetensors", "model"} <= names, names
+    model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/MLmodel" in model_files
+    # the logged model loads in a fresh process (no project on the path) and predicts
+    probe = (
+        "import mlflow.pytorch, torch\n"
+        f"m = mlflow.pytorch.load_model('runs:/{run.info.run_id}/model')\n"
+        "x = torch.randn(2, 1, 16, 16)\n"
+        "out = m({'x': x, 'lead_time': torch.full((2,), 0.5)})\n"
+        "y = out['y'] if isinstance(out, dict) else out\n"
+        "assert y.shape[0] == 2 and torch.isfinite(y).all(), y.shape\n"
+        "print('PREDICTED', tuple(y.shape))\n")
+    fresh = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.endpoint,
+                                              "PYTHONPATH": ""})
+    assert fresh.returncode == 0 and "PREDICTED" in fresh.stdout, fresh.stderr[-3000:]
+
+
+def _latest_checkpoint_step(run_dir: Path) -> int | None:
+    steps = []
+    for latest in glob.glob(str(run_dir / "checkpoint_*" / "latest")):
+        steps.append(int(Path(latest).read_text().strip().removeprefix("step")))
+    return max(steps) if steps else None
+
+
+def test_interrupted_run_resumes_from_checkpoint_into_same_mlflow_run(launcher, mlflow_server):
+    cmd, env, runs_root = launcher
+    run_id = "resume"
+    proc = subprocess.Popen(cmd("train.max_steps=400", "train.checkpoint_every=3", run_id=run_id), env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while _latest_checkpoint_step(runs_root / run_id) is None:
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-4000:]
+    client, run = _mlflow_run(mlflow_server, run_id)
+    assert run.info.status == "KILLED"
+    step = _latest_checkpoint_step(runs_root / run_id)
+    second = _run(cmd("train.max_steps=" + str(step + 4), "train.checkpoint_every=3", run_id=run_id), env)
+    assert f"resumed from step {step}" in second.stdout + second.stderr
+    client, run2 = _mlflow_run(mlflow_server, run_id)  # still exactly one MLflow run
+    assert run2.info.run_id == run.info.run_id and run2.info.status == "FINISHED"
+    assert run2.data.tags["sciscale.attempts"] == "1"
+    steps = [s for s, _ in _losses(client, run.info.run_id)]
+    assert max(steps) == step + 4
+
+
+def test_cluster_submit_succeeds_and_stop_marks_killed(launcher, mlflow_server, ray_head):
+    from ray.job_submission import JobSubmissionClient, JobStatus
+
+    cmd, env, _ = launcher
+    jobs = JobSubmissionClient(ray_head.endpoint)
+    done = _run(cmd("train.max_steps=4", run_id="cluster-ok", cluster=ray_head.endpoint), env)
+    job_id = done.stdout.strip().splitlines()[-1]
+    status = _wait_job(jobs, job_id, 400)
+    assert status == JobStatus.SUCCEEDED, jobs.get_job_logs(job_id)[-4000:]
+    _, run = _mlflow_run(mlflow_server, "cluster-ok")
+    assert run.info.status == "FINISHED"
+
+    long = _run(cmd("train.max_steps=100000", run_id="cluster-stop", cluster=ray_head.endpoint), env)
+    job_id = long.stdout.strip().splitlines()[-1]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.endpoint)
+    deadline = time.monotonic() + 300
+    while True:  # wait until it trains
+        _, run = _mlflow_run(mlflow_server, "cluster-stop")
+        if client.get_metric_history(run.info.run_id, "train/loss"):
+            break
+        assert jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING), jobs.get_job_logs(job_id)
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    stop = subprocess.run([sys.executable, "-m", "orchestrator.cli", "stop", job_id, "--cluster",
+                           ray_head.endpoint], env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs.get_job_status(job_id) == JobStatus.STOPPED
+    _, run = _mlflow_run(mlflow_server, "cluster-stop")
+    assert run.info.status == "KILLED"
+
+
+def _wait_job(jobs, job_id: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.get_job_status(job_id)
+        if status.is_terminal():
+            return status
+        time.sleep(1)
+    raise TimeoutError(f"job {job_id} still {status} after {timeout} s")
