@@ -255,7 +255,7 @@ def read_manifest(url: str, storage_options: dict | None = None) -> Manifest:
 
     fs, root = filesystem(url, storage_options)
     where = join(url, MANIFEST_NAME)
-    raw = read_object(fs, join(root, MANIFEST_NAME), where, missing_hint=(
+    raw = read_object(fs, join(root, MANIFEST_NAME), where, storage_options, missing_hint=(
         "this URL holds no finished dataset version: check the URL, or (re)run its writer; the manifest is "
         "written last, so an interrupted writer leaves none"))
     return parse_manifest(raw, where)
@@ -269,7 +269,7 @@ def read_meta(url: str, manifest: Manifest, name: str, storage_options: dict | N
         raise ValueError(f"{url}: no meta field {name!r}; the dataset has {sorted(manifest.meta_fields)}")
     info = manifest.meta_fields[name]
     fs, root = filesystem(url, storage_options)
-    raw = read_object(fs, join(root, info.key), join(url, info.key))
+    raw = read_object(fs, join(root, info.key), join(url, info.key), storage_options)
     if checksum(raw) != info.checksum:
         raise ValueError(f"{join(url, info.key)}: checksum {checksum(raw)} does not match the manifest's "
                          f"{info.checksum}; the object is corrupt, rewrite the dataset")
