@@ -1,0 +1,40 @@
+"""PDE operator family: scOT (Poseidon's U-shaped Swin V2 operator) and an FNO baseline."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from models.family import Family
+from models.pde.config import PdeModelSpec
+from models.pde.loss import MEDIAN_METRICS, loss, metrics
+from models.pde.transform import collate, example_batch, make_transform
+
+
+def build_model(spec: PdeModelSpec) -> nn.Module:
+    """Single-device model; works under ``torch.device("meta")``."""
+    if spec.arch == "fno":
+        from models.pde.fno import PdeFNO
+
+        return PdeFNO(spec)
+    from models.pde.scot import ScOT
+
+    return ScOT(spec)
+
+
+def _plots(model, batch, outputs, spec):
+    from models.pde.plots import plots  # matplotlib only where figures are made
+
+    return plots(model, batch, outputs, spec)
+
+
+FAMILY = Family(
+    name="pde",
+    build_model=build_model,
+    make_transform=make_transform,
+    collate=collate,
+    loss=loss,
+    metrics=metrics,
+    example_batch=example_batch,
+    median_metrics=MEDIAN_METRICS,
+    plots=_plots,
+)
