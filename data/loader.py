@@ -113,30 +113,69 @@ class ShardSampleDataset(Dataset):
         return view
 
     def __getitem__(self, task: dict) -> dict:
-        examples = []
         views = [self._view(p, d) for p, d in zip(task["paths"], task["path_dataset"].tolist())]
+        if self.transform is None and self.collate is None:
+            batch = self._columnar(views, task)
+        else:
+            batch = self._per_sample(views, task)
+        batch["sample_id"] = torch.as_tensor(task["sample_id"], dtype=torch.int64)
+        if task.get("valid") is not None:
+            batch["_valid"] = torch.as_tensor(task["valid"], dtype=torch.bool)
+        return batch
+
+    def _columnar(self, views, task: dict) -> dict:
+        """No transform: gather whole columns with one fancy index per shard (fixed fields stacked; ragged
+        fields concatenated with ``<name>_counts``), as ``default_collate`` would, without per-sample work."""
+        where, index, out = task["path_idx"], task["index"], {}
+        masks = [where == v for v in range(len(views))]
+        for f in self.fields:
+            spec, n = views[0].fields[f], len(index)
+            if not spec.ragged:
+                col = np.empty((n, *spec.shape), spec.dtype)
+                for v, m in zip(views, masks):
+                    col[m] = v.arrays[f][index[m]]
+                out[f] = torch.from_numpy(col)
+                continue
+            counts = np.empty(n, np.int64)
+            for v, m in zip(views, masks):
+                off = v.arrays[f + ".offsets"]
+                counts[m] = off[index[m] + 1] - off[index[m]]
+            dest = np.cumsum(counts) - counts
+            col = np.empty((int(counts.sum()), *spec.shape), spec.dtype)
+            for v, m in zip(views, masks):
+                off = v.arrays[f + ".offsets"]
+                col[_ranges(dest[m], counts[m])] = v.arrays[f][_ranges(off[index[m]], counts[m])]
+            out[f], out[f + "_counts"] = torch.from_numpy(col), torch.from_numpy(counts)
+        return out
+
+    def _per_sample(self, views, task: dict) -> dict:
+        examples = []
         for v, idx, sid, epoch in zip(task["path_idx"].tolist(), task["index"].tolist(), task["sample_id"].tolist(),
                                       task["epoch"].tolist()):
             sample = views[v].sample(idx)
             if self.transform is not None:
                 sample = self.transform(sample, np.random.default_rng([self.seed, epoch, sid]))
             examples.append(sample)
-        batch = (self.collate or default_collate)(examples)
-        batch["sample_id"] = torch.as_tensor(task["sample_id"], dtype=torch.int64)
-        if task.get("valid") is not None:
-            batch["_valid"] = torch.as_tensor(task["valid"], dtype=torch.bool)
-        return batch
+        if self.collate is not None:
+            return self.collate(examples)
+        return default_collate(examples, ragged={f for f, spec in views[0].fields.items() if spec.ragged})
 
     def __len__(self) -> int:  # tasks come from the sampler; DataLoader never asks for a length here
         raise TypeError("ShardSampleDataset is indexed by task dicts from the StepLoader")
 
 
-def default_collate(examples: list[dict]) -> dict:
-    """Stack fixed-shape fields; concatenate ragged ones and add ``<name>_counts``."""
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for every (s, n), vectorised."""
+    total = int(lengths.sum())
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+
+
+def default_collate(examples: list[dict], ragged: set[str] = frozenset()) -> dict:
+    """Stack fixed-shape fields; concatenate ragged ones (and any of varying shape) with ``<name>_counts``."""
     out = {}
     for key in examples[0]:
         arrays = [np.asarray(e[key]) for e in examples]
-        if all(a.shape == arrays[0].shape for a in arrays):
+        if key not in ragged and all(a.shape == arrays[0].shape for a in arrays):
             out[key] = torch.from_numpy(np.stack(arrays))
         else:
             out[key] = torch.from_numpy(np.concatenate(arrays))

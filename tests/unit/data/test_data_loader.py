@@ -167,3 +167,21 @@ def test_worker_processes_give_the_same_stream(dataset):
     spec = _spec(dataset)
     workers = spec.model_copy(update={"num_workers": 2})
     assert _hash(_stream(workers, 2, 3, 6)) == _hash(_stream(spec, 2, 3, 6))
+
+
+def _keep(sample, rng):
+    return dict(sample)
+
+
+def test_columnar_fast_path_equals_per_sample_path(dataset):
+    spec = _spec(dataset)
+    fast = build_loader(spec, spec.train, split="train", rank=1, world_size=2, global_batch=B, micro_batch=4, seed=7)
+    slow = build_loader(spec, spec.train, split="train", rank=1, world_size=2, global_batch=B, micro_batch=4, seed=7,
+                        transform=_keep)
+    for a, b in zip(range(5), zip(fast, slow)):
+        for x, y in zip(*b):
+            assert set(x) == set(y) == {"x", "pos", "pos_counts", "sample_id"}
+            for k in x:
+                np.testing.assert_array_equal(x[k].numpy(), y[k].numpy())
+    fast.close()
+    slow.close()
