@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import base64
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-import xarray as xr
 
 from data.format import FieldSpec
 from data.writer import DatasetWriter
+
+if TYPE_CHECKING:  # xarray and pandas load slowly; workers only need decode_climatology
+    import xarray as xr
 
 _EPOCH = np.datetime64("1970-01-01T00:00:00", "h")
 # inline climatology travels in the manifest's JSON attrs, so it has to stay small
@@ -111,6 +114,8 @@ def convert(
 
 def open_store(src: str, options: dict | None) -> xr.Dataset:
     """The store with latitude descending and longitude in [0, 360) ascending."""
+    import xarray as xr
+
     try:
         ds = xr.open_zarr(src, storage_options=options or None, consolidated=None, chunks=None)
     except (FileNotFoundError, KeyError, ValueError) as exc:
@@ -157,6 +162,8 @@ def time_hours(ds: xr.Dataset) -> np.ndarray:
 
 
 def _range_hours(rng: tuple[str, str]) -> tuple[int, int]:
+    import pandas as pd
+
     lo, hi = (int((np.datetime64(pd.Timestamp(x).to_datetime64(), "h") - _EPOCH) // np.timedelta64(1, "h"))
               for x in rng)
     if hi < lo:

@@ -39,7 +39,7 @@ class WeatherTransform:
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         inputs = (sample["inputs"][-self.history:] - self.mean) / self.std
         targets = (sample["targets"][self.lead_idx] - self.mean) / self.std
-        init = int(np.asarray(sample["time"]).reshape(()))
+        init = int(np.asarray(sample["time"]).reshape(-1)[0])
         slots = np.searchsorted(self.clim_hours, (init + self.valid_offsets) % 24).clip(0, len(self.clim_hours) - 1)
         return {
             "inputs": inputs[:, self.in_idx].astype(np.float32),
