@@ -29,7 +29,7 @@ def _spec(data_dir: str, args, runs_root: str):
 
     return validate_spec({
         "name": "bench",
-        "model": {"family": "pde", "arch": args.arch, "size": args.size, "in_channels": 1,
+        "model": {"family": "pde", "arch": args.arch, "size": args.size, "in_channels": 2,
                   "resolution": args.resolution},
         "data": {"train": [{"url": f"{data_dir}/train"}], "canonical_streams": 8, "num_workers": args.loader_workers},
         "optim": {"lr": 1e-3, "schedule": {"kind": "constant"}},
@@ -70,7 +70,7 @@ def _runner(spec, rank: int, world: int, run: dict) -> tuple[list[float], float]
     from data.loader import build_loader
 
     runner.train_loader = build_loader(spec.data, spec.data.train, split="train", start_step=0,
-                                       **runner._loader_args)
+                                       transform=runner.transform, **runner._loader_args)
     try:
         batches = iter(runner.train_loader)
         times = []

@@ -62,24 +62,28 @@ class Runner:
             self.logger.client.log_text(self.logger.run_id, text, "init_from.txt")
 
     def _build_data(self) -> None:
+        data = self.spec.data
+        self.transform = self._transform(data.train[0].url)
+        self.val_transform = self._transform(data.val[0].url) if data.val else None
+        self._loader_args = dict(rank=self.rank, world_size=self.world,
+                                 global_batch=self.spec.train.global_batch_size,
+                                 micro_batch=self.spec.train.micro_batch_size, seed=self.spec.train.seed,
+                                 collate=self.family.collate)
+        self.train_loader = None  # built in run(), after load_state() fixed the start step
+
+    def _transform(self, url: str):
         from data.format import read_manifest
         from data.storage import storage_options
 
-        data = self.spec.data
-        manifest = read_manifest(data.train[0].url, storage_options(data.train[0].url, data.storage))
-        self.transform = self.family.make_transform(self.spec.model, manifest)
-        common = dict(rank=self.rank, world_size=self.world, global_batch=self.spec.train.global_batch_size,
-                      micro_batch=self.spec.train.micro_batch_size, seed=self.spec.train.seed,
-                      transform=self.transform, collate=self.family.collate)
-        self._loader_args = common
-        self.train_loader = None  # built in run(), after load_state() fixed the start step
+        return self.family.make_transform(self.spec.model, read_manifest(url, storage_options(url, self.spec.data.storage)))
 
     def _val_batches(self):
         from data.loader import build_loader
 
         if not self.spec.data.val:
             return None
-        return build_loader(self.spec.data, self.spec.data.val, split="val", start_step=0, **self._loader_args)
+        return build_loader(self.spec.data, self.spec.data.val, split="val", start_step=0,
+                            transform=self.val_transform, **self._loader_args)
 
     # ----------------------------------------------------------------------------------------------- state
     def save_state(self, directory: str) -> None:
@@ -111,7 +115,7 @@ class Runner:
 
         self.train_loader = build_loader(self.spec.data, self.spec.data.train, split="train",
                                          start_step=self.step, resume_state=self.resumed_data_state,
-                                         **self._loader_args)
+                                         transform=self.transform, **self._loader_args)
         try:
             return self._loop()
         finally:

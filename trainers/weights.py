@@ -80,7 +80,7 @@ def gather_fp32_state(engine, zero_stage: int, rank: int) -> dict[str, torch.Ten
     if rank != 0:
         return None
     return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-            for k, v in module.state_dict().items()}
+            for k, v in module.state_dict().items() if torch.is_tensor(v)}  # some libraries add metadata
 
 
 def export_model(state: dict[str, torch.Tensor], build_model, model_spec, example: dict | None, client,
@@ -97,5 +97,6 @@ def export_model(state: dict[str, torch.Tensor], build_model, model_spec, exampl
         save_file({k: v.contiguous() for k, v in state.items()}, weights)
         client.log_artifact(run_id, weights)
         model_dir = os.path.join(tmp, "model")
-        mlflow.pytorch.save_model(model, model_dir, code_paths=[str(MODELS_DIR)])
+        # pickle (not pt2): forward takes a dict batch; code_paths ships the models package with it
+        mlflow.pytorch.save_model(model, model_dir, code_paths=[str(MODELS_DIR)], serialization_format="pickle")
         client.log_artifacts(run_id, model_dir, "model")

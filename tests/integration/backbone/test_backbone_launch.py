@@ -97,7 +97,7 @@ def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server,
     probe = (
         "import mlflow.pytorch, torch\n"
         f"m = mlflow.pytorch.load_model('runs:/{run.info.run_id}/model')\n"
-        "x = torch.randn(2, 1, 16, 16)\n"
+        "x = torch.randn(2, 2, 16, 16)\n"
         "out = m({'x': x, 'lead_time': torch.full((2,), 0.5)})\n"
         "y = out['y'] if isinstance(out, dict) else out\n"
         "assert y.shape[0] == 2 and torch.isfinite(y).all(), y.shape\n"
