@@ -1,0 +1,10 @@
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    aws        = { source = "hashicorp/aws", version = ">= 5.80, < 7.0" }
+    helm       = { source = "hashicorp/helm", version = ">= 2.16, < 3.0" }
+    kubernetes = { source = "hashicorp/kubernetes", version = ">= 2.35, < 3.0" }
+    random     = { source = "hashicorp/random", version = ">= 3.6, < 4.0" }
+    tls        = { source = "hashicorp/tls", version = ">= 4.0, < 5.0" }
+  }
+}
