@@ -51,7 +51,8 @@ class PdeModelSpec(BaseModel):
     """Sizes of consecutive output-channel groups for the relative L1 loss, e.g. [1, 2, 1] for
     (rho, velocity, p); default: one group per channel."""
     residual: bool = True
-    """Predict the change from the input (output = input + network); needs in_channels == out_channels."""
+    """Predict the change from the input (output = input[:out_channels] + network); the outputs must be the
+    first out_channels input channels (extra inputs are e.g. coefficient fields)."""
     window_size: int | None = Field(default=None, ge=2)
     """scOT only: override the named size's attention window (tokens per side)."""
     time_stride: int = Field(default=2, ge=1)
@@ -77,9 +78,9 @@ class PdeModelSpec(BaseModel):
         if self.arch == "fno" and self.size not in FNO_SIZES:
             raise ValueError(f"model.size {self.size!r} is not defined for model.arch 'fno'; "
                              f"use one of {sorted(FNO_SIZES)}")
-        if self.residual and self.out_ch != self.in_channels:
-            raise ValueError(f"model.residual needs model.in_channels == model.out_channels, got "
-                             f"{self.in_channels} and {self.out_ch}; set residual: false for a channel change")
+        if self.residual and self.out_ch > self.in_channels:
+            raise ValueError(f"model.residual needs model.out_channels <= model.in_channels, got "
+                             f"{self.out_ch} > {self.in_channels}; set residual: false")
         if self.channel_groups is not None and (sum(self.channel_groups) != self.out_ch
                                                 or min(self.channel_groups) < 1):
             raise ValueError(f"model.channel_groups {self.channel_groups} must be positive sizes summing to "

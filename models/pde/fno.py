@@ -59,4 +59,4 @@ class PdeFNO(nn.Module):
         x = batch["x"]
         lead = batch["lead_time"].to(x.dtype).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])
         out = self.operator(torch.cat([x, lead], dim=1))
-        return x + out if self.residual else out
+        return x[:, : out.shape[1]] + out if self.residual else out

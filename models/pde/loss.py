@@ -45,8 +45,9 @@ def metrics(outputs: torch.Tensor, batch: dict, spec: PdeModelSpec) -> dict[str,
     target = denormalise(batch["y"].float(), batch)
     out = {"rel_l1": 100 * relative_l1(denormalise(outputs.detach().float(), batch), target, spec.groups),
            "lead_time": batch["lead_time"].float().reshape(-1)}
-    if batch["x"].shape == batch["y"].shape:
-        out["persistence_rel_l1"] = 100 * relative_l1(denormalise(batch["x"].float(), batch), target, spec.groups)
+    if batch["x"].shape[1] >= target.shape[1]:  # outputs are the first input channels
+        persisted = denormalise(batch["x"][:, : target.shape[1]].float(), batch)
+        out["persistence_rel_l1"] = 100 * relative_l1(persisted, target, spec.groups)
     return out
 
 
@@ -62,15 +63,16 @@ def lead_time_errors(model, batch: dict, spec: PdeModelSpec) -> dict[str, list[f
     x0, step = traj[:, 0], leads[:, 1] - leads[:, 0]
     out_c = spec.out_ch
     result = {"lead_time": leads[0].tolist(), "direct": [], "rollout": [], "persistence": []}
-    state, can_roll = x0, out_c == x0.shape[1]
-    if not can_roll:
-        del result["rollout"]  # outputs cannot be fed back as inputs
+    # Extra input channels (coefficient fields) are constant in time and carried along in the rollout.
+    state, can_roll = x0, out_c <= x0.shape[1]
+    if not can_roll:  # outputs cannot be fed back as inputs, and there is no persistence baseline
+        del result["rollout"], result["persistence"]
     for k in range(traj.shape[1]):
         target = denormalise(traj[:, k, :out_c].float(), batch)
         direct = model({**batch, "x": x0, "lead_time": leads[:, k] - leads[:, 0]})
         if k > 0 and can_roll:
-            state = model({**batch, "x": state, "lead_time": step})
-        for name, pred in (("direct", direct), ("rollout", state), ("persistence", x0[:, :out_c])):
+            state = torch.cat([model({**batch, "x": state, "lead_time": step}), x0[:, out_c:]], 1)
+        for name, pred in (("direct", direct), ("rollout", state[:, :out_c]), ("persistence", x0[:, :out_c])):
             if name not in result:
                 continue
             err = relative_l1(denormalise(pred.float(), batch), target, spec.groups)
