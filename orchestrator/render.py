@@ -24,6 +24,7 @@ SPEC_MOUNT = "/etc/sciscale"
 SPEC_FILE = "spec.yaml"
 DEFAULT_SERVICE_ACCOUNT = "sciscale-ray"
 MLFLOW_CLIENT_SECRET = "sciscale-mlflow-client"
+S3_SECRET = "sciscale-s3"  # static S3 keys for clusters without workload identity (optional)
 GPU_RESOURCE = "nvidia.com/gpu"
 # Node pools created by terraform/modules/sciscale-aws (labels and taints must match it).
 POOL_LABEL = "sciscale.io/pool"
@@ -156,6 +157,7 @@ def _env(spec: Any, run_id: str) -> list[dict]:
 
 def _container(ctx: dict, name: str, resources: dict, mounts: list[dict], ports: list[dict] | None = None) -> dict:
     container = {"name": name, "image": ctx["image"], "imagePullPolicy": "IfNotPresent", "env": ctx["env"],
+                 "envFrom": [{"secretRef": {"name": S3_SECRET, "optional": True}}],
                  "resources": resources, "volumeMounts": mounts,
                  "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                  # Ray needs a moment to drain; without it a scaled-down pod loses in-flight objects
