@@ -127,3 +127,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, resolution: int) -> No
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial conditions")
     parser.add_argument("--t-final", type=float, default=1.0, help="time of the last snapshot")
     parser.add_argument("--snapshots", type=int, default=21, help="snapshots per trajectory, t = 0..t_final")
+
+
+def report(out_url: str, manifests: dict) -> None:
+    """One line per written split, for the CLI."""
+    for split, m in manifests.items():
+        shape = "x".join(map(str, m.fields["u"].shape))
+        print(f"{out_url.rstrip('/')}/{split}: {m.num_samples} trajectories of [{shape}] (T, C, H, W), "
+              f"{len(m.shards)} shard(s), channels {m.attrs.get('channel_names')}")

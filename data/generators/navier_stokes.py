@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from data.pde_io import TrajectorySource, add_common_arguments, write_trajectories
+from data.pde_io import TrajectorySource, add_common_arguments, report, write_trajectories
+from data.storage import storage_options
 
 IC_FAMILIES = ("sines", "gauss", "shear")
 
@@ -182,6 +183,8 @@ def generate(out_url: str, n_train: int, n_val: int = 0, resolution: int = 64, s
 
 
 def run(args: argparse.Namespace) -> int:
-    generate(args.out, args.n_train, args.n_val, args.resolution, args.seed, args.ic, args.viscosity,
-             args.forcing, args.t_final, args.snapshots)
+    out = generate(args.out, args.n_train, args.n_val, args.resolution, args.seed, args.ic, args.viscosity,
+                   args.forcing, args.t_final, args.snapshots,
+                   storage_options=storage_options(args.out))
+    report(args.out, out)
     return 0

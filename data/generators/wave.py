@@ -14,7 +14,8 @@ import argparse
 
 import numpy as np
 
-from data.pde_io import TrajectorySource, add_common_arguments, write_trajectories
+from data.pde_io import TrajectorySource, add_common_arguments, report, write_trajectories
+from data.storage import storage_options
 
 
 class SpectralWave2D:
@@ -120,6 +121,7 @@ def generate(out_url: str, n_train: int, n_val: int = 0, resolution: int = 64, s
 
 
 def run(args: argparse.Namespace) -> int:
-    generate(args.out, args.n_train, args.n_val, args.resolution, args.seed, args.t_final, args.snapshots,
-             args.c_min, args.c_max)
+    out = generate(args.out, args.n_train, args.n_val, args.resolution, args.seed, args.t_final, args.snapshots,
+                   args.c_min, args.c_max, storage_options=storage_options(args.out))
+    report(args.out, out)
     return 0
