@@ -15,7 +15,7 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from data.format import Manifest, checksum
+from data.format import Manifest
 from data.storage import build_client, join, with_retries
 
 _MISSING_HINT = ("the manifest names this shard but the object is gone: the dataset version is incomplete; "
@@ -90,22 +90,23 @@ class ShardCache:
         info = self.manifests[d].shards[shard]
         where = join(self.urls[d], info.key)
         client = self.clients[d]
-        for attempt in range(2):
-            data = with_retries(lambda: client.get(info.key), where, self.options[d], missing_hint=_MISSING_HINT)
-            got = checksum(data)
-            self.fetches += 1
-            self.fetched_bytes += len(data)
-            if got == info.checksum:
-                break
-            if attempt == 1:
-                raise ValueError(f"{where}: checksum {got} does not match the manifest's {info.checksum}, also "
-                                 "after a re-fetch: the stored shard is corrupt. Restore the object or rewrite "
-                                 "the dataset version (`sciscale data verify URL` checks every shard)")
         path = self.local_path(d, shard)
         tmp = f"{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}"
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
-        os.replace(tmp, path)
+        try:
+            for attempt in range(2):
+                size, got = with_retries(lambda: client.download(info.key, tmp), where, self.options[d],
+                                         missing_hint=_MISSING_HINT)
+                self.fetches += 1
+                self.fetched_bytes += size
+                if got == info.checksum:
+                    break
+                if attempt == 1:
+                    raise ValueError(f"{where}: checksum {got} does not match the manifest's {info.checksum}, also "
+                                     "after a re-fetch: the stored shard is corrupt. Restore the object or rewrite "
+                                     "the dataset version (`sciscale data verify URL` checks every shard)")
+            os.replace(tmp, path)
+        finally:
+            _unlink(tmp)
         return path
 
     def close(self) -> None:

@@ -49,7 +49,9 @@ def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, 
         _check_resume(resume_state, plan, start_step)
     cache_dir = None if data_spec.cache_dir is None else f"{data_spec.cache_dir.rstrip('/')}/rank-{rank}"
     cache = ShardCache(urls, manifests, options, cache_dir, threads=max(1, min(data_spec.prefetch, 8)))
-    reader = ShardSampleDataset(fields, manifests, transform, collate, seed)
+    # a worker keeps maps only of shards that can be in use together, so released files are unmapped soon
+    in_use = (data_spec.canonical_streams // max(1, world_size)) * (data_spec.shuffle_window + 2) + data_spec.prefetch
+    reader = ShardSampleDataset(fields, manifests, transform, collate, seed, max_open=max(2, in_use))
     return StepLoader(plan, cache, reader, split=split, rank=rank, world_size=world_size, micro_batch=micro_batch,
                       start_step=start_step, prefetch=data_spec.prefetch, num_workers=data_spec.num_workers,
                       cache_limit=data_spec.cache_limit_bytes)

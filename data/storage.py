@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import fsspec
 
+from data.format import checksum
+
 _TRANSIENT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError",
                     "ServerDisconnectedError", "ClientPayloadError", "ResponseStreamingError",
                     "IncompleteReadError", "GenericError", "ConnectionClosedError")
@@ -148,6 +150,13 @@ class FsspecClient:
     def get(self, key: str):
         return self.fs.cat_file(join(self.root, key))
 
+    def download(self, key: str, path: str) -> tuple[int, str]:
+        """Fetch ``key`` whole and write it to the local file ``path``. Returns (bytes, checksum)."""
+        data = self.get(key)
+        with open(path, "wb") as f:
+            f.write(memoryview(data))
+        return len(data), checksum(data)
+
 
 class ObstoreClient:
     """Whole-object GETs through obstore (Rust); measured faster than s3fs on S3 (docs/benchmarks-data.md)."""
@@ -177,6 +186,21 @@ class ObstoreClient:
         import obstore
 
         return obstore.get(self.store, key).bytes()
+
+    def download(self, key: str, path: str) -> tuple[int, str]:
+        """Stream ``key`` into the local file ``path``: network and disk writes overlap, and only one chunk
+        is in memory. Returns (bytes, checksum)."""
+        import obstore
+        import xxhash
+
+        hasher, size = xxhash.xxh3_64(), 0
+        with open(path, "wb") as f:
+            for chunk in obstore.get(self.store, key).stream(min_chunk_size=4 << 20):
+                view = memoryview(chunk)
+                f.write(view)
+                hasher.update(view)
+                size += len(view)
+        return size, f"xxh3_64:{hasher.hexdigest()}"
 
 
 def build_client(url: str, options: dict | None = None):

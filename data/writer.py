@@ -94,7 +94,8 @@ class DatasetWriter:
         if tail != spec.shape or (spec.ragged and arr.ndim != len(spec.shape) + 1):
             want = f"[n, {', '.join(map(str, spec.shape))}]" if spec.ragged else str(spec.shape)
             raise ValueError(f"sample {sid}, field {name!r}: shape {arr.shape}, expected {want}")
-        return np.ascontiguousarray(arr, dtype=spec.dtype)
+        # not np.ascontiguousarray: it turns a 0-d scalar field into shape (1,)
+        return arr.astype(spec.dtype, order="C", copy=False)
 
     def _append_meta(self, sid: int, meta: dict[str, Any]) -> None:
         if set(meta) != set(self.meta_dtypes):

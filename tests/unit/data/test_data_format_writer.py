@@ -146,3 +146,13 @@ def test_field_spec_rejects_object_dtype():
         FieldSpec(dtype="object")
     with pytest.raises(ValueError, match="unknown numpy dtype"):
         FieldSpec(dtype="float33")
+
+
+def test_scalar_field_keeps_its_shape(tmp_path):
+    url = str(tmp_path / "ds")
+    with DatasetWriter(url, {"energy": FieldSpec(dtype="float32")}, progress=False) as w:
+        for i in range(4):
+            w.append({"energy": np.float64(i)})
+    m = read_manifest(url)
+    view = open_shard(os.path.join(url, m.shards[0].key), m.fields)
+    assert view.arrays["energy"].shape == (4,) and view.sample(2)["energy"] == 2.0
