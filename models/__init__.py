@@ -8,6 +8,9 @@ only where a model is built (workers, ``sciscale plan``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 
 from models.family import Family
 
@@ -20,16 +23,24 @@ FAMILY_MODULES: dict[str, str] = {
 
 def model_spec_classes() -> list[type]:
     """The pydantic spec class of every family whose package is present, in mapping order."""
-    classes = []
-    for module_name in FAMILY_MODULES.values():
-        try:
-            config = importlib.import_module(f"{module_name}.config")
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # family not installed in this tree
-            raise
-        classes.append(config.MODEL_SPEC)
-    return classes
+    return [_load_config(name).MODEL_SPEC for name in FAMILY_MODULES if _config_path(name).exists()]
+
+
+def _config_path(family: str) -> Path:
+    return Path(__file__).resolve().parent / family / "config.py"
+
+
+def _load_config(family: str):
+    """Import ``models.<family>.config`` without running the family package's ``__init__`` (which imports
+    torch): the orchestrator validates specs torch-free. The module is registered under its real name, so a
+    later ``import models.<family>`` reuses it and the spec classes stay the same objects."""
+    name = f"{FAMILY_MODULES[family]}.config"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _config_path(family))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def load_family(name: str) -> Family:

@@ -183,6 +183,8 @@ def finish_run(record: RunRecord, state: RunState, reason: str | None = None) ->
 
 def ui_url(record: RunRecord) -> str:
     """Where to look at the run: the server's page, or how to serve the embedded store."""
+    experiment = mlflow_client(record.tracking_uri).get_run(record.mlflow_run_id).info.experiment_id
+    page = f"#/experiments/{experiment}/runs/{record.mlflow_run_id}"
     if record.tracking_uri.startswith("http"):
-        return f"{record.tracking_uri.rstrip('/')}/#/experiments/0/runs/{record.mlflow_run_id}"
-    return f"run `sciscale ui --runs-root {record.runs_root}` then open http://127.0.0.1:5000"
+        return f"{record.tracking_uri.rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page} (serve it with `sciscale ui --runs-root {record.runs_root}`)"

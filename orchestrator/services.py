@@ -266,7 +266,7 @@ def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port
         argv.append(f"--num-cpus={num_cpus}")
     proc = _spawn("ray", argv, workdir)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
-    wait_http(dashboard + "/api/version", proc, "Ray head", workdir / "ray.log", timeout=120,
+    wait_http(dashboard + "/api/version", proc, "Ray head", workdir / "ray.log", timeout=300,
               ok=lambda status, body: status == 200)
     return Service("ray", proc.pid, dashboard, str(workdir / "ray.log"),
                    extra={"gcs_address": f"127.0.0.1:{port}"}, _proc=proc)

@@ -232,14 +232,20 @@ class JobSpec(BaseModel):
         bad = [w for w in self.distributed.world_sizes() if batch_problem(self, w)]
         if bad:
             raise ValueError(
-                f"train.global_batch_size={self.train.global_batch_size} with train.micro_batch_size="
+                f"distributed.workers={_show_workers(self.distributed.workers)} includes world size "
+                f"{', '.join(map(str, bad))}, where train.global_batch_size={self.train.global_batch_size} with "
+                f"train.micro_batch_size="
                 f"{self.train.micro_batch_size} and data.canonical_streams={self.data.canonical_streams} cannot "
-                f"run at world size {', '.join(map(str, bad))} ({batch_problem(self, bad[0])}); valid world sizes "
+                f"be kept ({batch_problem(self, bad[0])}); valid world sizes "
                 f"up to 64: {valid_world_sizes(self) or 'none'}. Hint: make the global batch a multiple of "
                 "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
         if self.train.eval_every and not self.data.val:
             raise ValueError(f"train.eval_every={self.train.eval_every} needs data.val datasets (none given)")
         return self
+
+
+def _show_workers(workers) -> str:
+    return str(workers) if isinstance(workers, int) else f"{{min: {workers.min}, max: {workers.max}}}"
 
 
 def batch_problem(spec: JobSpec, world: int) -> str | None:
