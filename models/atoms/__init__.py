@@ -1,0 +1,79 @@
+"""Interatomic potentials: EScAIP (written here) and the MACE baseline (mace-torch)."""
+
+from __future__ import annotations
+
+import torch
+
+from models.atoms.batch import AtomsTransform, collate, example_batch
+from models.atoms.config import AtomsModelSpec, atomic_number
+from models.atoms.loss import loss, metrics
+from models.atoms.plots import plots
+from models.family import Family
+
+
+def build_model(spec: AtomsModelSpec) -> torch.nn.Module:
+    """EScAIP or MACE; explicit reference energies from the spec are set here, fitted ones in
+    :func:`prepare_model`."""
+    if spec.arch == "mace":
+        from models.atoms.mace_model import MaceModel  # mace-torch is only needed for the baseline
+
+        model = MaceModel(spec)
+    else:
+        from models.atoms.escaip import EScAIP
+
+        model = EScAIP(spec)
+    if isinstance(spec.reference_energies, dict):
+        set_reference_energies(model, spec, spec.reference_energies, "model.reference_energies")
+    return model
+
+
+def set_reference_energies(model: torch.nn.Module, spec: AtomsModelSpec, refs: dict[str, float], where: str) -> None:
+    """Write {symbol: eV} into the model's per-element reference energies (a buffer, saved with weights)."""
+    table = torch.zeros(spec.max_atomic_number + 1, dtype=torch.float64)
+    for symbol, value in refs.items():
+        z = atomic_number(symbol, where)
+        if z >= len(table):
+            raise ValueError(f"{where}: element {symbol} (Z={z}) exceeds model.max_atomic_number "
+                             f"{spec.max_atomic_number}; raise model.max_atomic_number")
+        table[z] = float(value)
+    model.set_reference_energies(table)
+
+
+def manifest_attrs(manifest) -> dict:
+    """The manifest's attrs whether it is an object or a plain dict."""
+    attrs = getattr(manifest, "attrs", None)
+    if attrs is None and isinstance(manifest, dict):
+        attrs = manifest.get("attrs")
+    return dict(attrs or {})
+
+
+def prepare_model(model: torch.nn.Module, spec: AtomsModelSpec, manifest) -> None:
+    """Set the fitted per-element reference energies from the training manifest (``reference_energies:
+    fit``). The trainer calls this once after ``build_model`` on the training data's manifest."""
+    if spec.reference_energies != "fit":
+        return
+    refs = manifest_attrs(manifest).get("reference_energies")
+    if refs is None:
+        raise ValueError("model.reference_energies is 'fit' but the training manifest has no attrs."
+                         "reference_energies; hint: write the dataset with sciscale data generate emt / "
+                         "data convert extxyz|ase-db (they fit them), or give {symbol: eV} in the spec")
+    set_reference_energies(model, spec, refs, "manifest attrs.reference_energies")
+
+
+def make_transform(spec: AtomsModelSpec, manifest) -> AtomsTransform:
+    """Neighbour list per structure in the DataLoader worker (vesin)."""
+    mean_atoms = manifest_attrs(manifest).get("mean_atoms")
+    return AtomsTransform(spec.cutoff, spec.max_neighbors, float(mean_atoms) if mean_atoms else None)
+
+
+FAMILY = Family(
+    name="atoms",
+    build_model=build_model,
+    make_transform=make_transform,
+    collate=collate,
+    loss=loss,
+    metrics=metrics,
+    example_batch=example_batch,
+    median_metrics=("force_mae_mev_a",),
+    plots=plots,
+)

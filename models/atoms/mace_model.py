@@ -1,0 +1,69 @@
+"""The MACE baseline (mace-torch) behind sciscale's batch format, so the same trainer drives it."""
+
+from __future__ import annotations
+
+import mace  # noqa: F401  (must be imported before e3nn: it sets torch.load defaults e3nn relies on)
+import numpy as np
+import torch
+from e3nn import o3
+from mace.modules import MACE, interaction_classes
+from torch import nn
+
+from models.atoms.config import AtomsModelSpec
+
+
+class MaceModel(nn.Module):
+    """mace-torch's MACE; converts the padded neighbour matrix into MACE's edge list."""
+
+    def __init__(self, spec: AtomsModelSpec):
+        super().__init__()
+        size, zs = spec.sizes, spec.atomic_numbers
+        self.predict_stress = spec.stress
+        self.cutoff, self.max_neighbors = spec.cutoff, spec.max_neighbors  # read by the ASE calculator
+        table = torch.full((spec.max_atomic_number + 1,), -1, dtype=torch.int64)
+        table[torch.tensor(zs)] = torch.arange(len(zs))
+        self.register_buffer("z_index", table, persistent=False)
+        self.mace = MACE(
+            r_max=spec.cutoff, num_bessel=size["num_bessel"], num_polynomial_cutoff=5, max_ell=size["max_ell"],
+            interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
+            interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
+            num_interactions=size["num_interactions"], num_elements=len(zs),
+            hidden_irreps=o3.Irreps(size["hidden_irreps"]), MLP_irreps=o3.Irreps(size["mlp_irreps"]),
+            atomic_energies=np.zeros(len(zs)), avg_num_neighbors=spec.mace_avg_num_neighbors,
+            atomic_numbers=zs, correlation=size["correlation"], gate=torch.nn.functional.silu,
+        )
+
+    def set_reference_energies(self, energies: torch.Tensor) -> None:
+        """Per-element energies indexed by atomic number -> MACE's E0s."""
+        buf = self.mace.atomic_energies_fn.atomic_energies
+        zs = torch.nonzero(self.z_index >= 0).squeeze(-1)
+        buf.copy_(energies[zs].to(buf.dtype).reshape(buf.shape))
+
+    def _mace_input(self, batch: dict) -> dict:
+        idx = self.z_index[batch["numbers"]]
+        if (idx < 0).any():
+            missing = sorted(set(batch["numbers"][idx < 0].tolist()))
+            raise ValueError(f"MACE model: atomic numbers {missing} are not in model.elements; add them to the spec")
+        n, k = batch["nbr_idx"].shape
+        mask = batch["nbr_mask"]
+        sender = torch.arange(n, device=mask.device)[:, None].expand(n, k)[mask]
+        unit_shifts = batch["nbr_shift"][mask].to(batch["positions"].dtype)
+        shifts = torch.einsum("ec,ecd->ed", unit_shifts, batch["cell"][batch["batch"][sender]])
+        ptr = torch.cat([batch["n_atoms"].new_zeros(1), batch["n_atoms"].cumsum(0)])
+        return {
+            "positions": batch["positions"].detach().clone(), "cell": batch["cell"],
+            "node_attrs": nn.functional.one_hot(idx, len(self.mace.atomic_numbers)).to(batch["positions"].dtype),
+            "edge_index": torch.stack([sender, batch["nbr_idx"][mask]]), "unit_shifts": unit_shifts,
+            "shifts": shifts, "batch": batch["batch"], "ptr": ptr,
+        }
+
+    def forward(self, batch: dict) -> dict:
+        with torch.enable_grad():
+            out = self.mace(self._mace_input(batch), training=self.training, compute_force=True,
+                            compute_stress=self.predict_stress)
+        result = {"energy": out["energy"], "forces": out["forces"]}
+        if self.predict_stress:
+            result["stress"] = out["stress"].view(-1, 3, 3)
+        if not self.training:
+            result = {k: v.detach() for k, v in result.items()}
+        return result

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from data.format import open_shard, read_manifest
+from data.generators.emt import KINDS, generate, make_structure
+
+
+def test_structures_are_reproducible_and_labelled():
+    a, b = make_structure(5, 7), make_structure(5, 7)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert a.get_potential_energy() == b.get_potential_energy()
+    assert not np.array_equal(make_structure(5, 8).positions, a.positions) or len(a) != len(make_structure(5, 8))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_matches_emt(kind):
+    atoms = make_structure(0, 1, mix={kind: 1.0}, max_atoms=16, md_steps=3)
+    assert atoms.info["kind"] == kind and 1 <= len(atoms) <= 16
+    fresh = atoms.copy()
+    fresh.calc = EMT()
+    np.testing.assert_allclose(atoms.get_forces(), fresh.get_forces(), atol=1e-10)
+    assert set(atoms.get_chemical_symbols()) <= {"Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"}
+    if kind == "surface":
+        assert list(atoms.pbc) == [True, True, False]
+
+
+def test_generate_writes_shards_with_stats(tmp_path):
+    url = str(tmp_path / "emt")
+    generate(url, 6, seed=3, max_atoms=8, md_steps=2, progress=False)
+    manifest = read_manifest(url)
+    view = open_shard(f"{url}/{manifest.shards[0].key}", manifest.fields)
+    sample = view.sample(0)
+    n = len(sample["numbers"])
+    assert sample["positions"].shape == (n, 3) and sample["forces"].shape == (n, 3)
+    assert manifest.attrs["generator"] == "emt" and 1 <= manifest.attrs["mean_atoms"] <= 8
+    assert "n_atoms" in manifest.meta_fields
+    with pytest.raises(ValueError, match="unknown structure kinds"):
+        generate(str(tmp_path / "bad"), 1, mix={"liquid": 1.0}, progress=False)
