@@ -25,6 +25,7 @@ from orchestrator import services
 
 STATE_FILE = "stack.json"
 DEFAULT_BUCKET = "sciscale"
+RAY_AUTH_MODE = "disabled"
 # what each service's leader runs; a recorded pid whose command line lacks it was reused by another program
 _LEADER_MARK = {"seaweedfs": "weed", "mlflow": "mlflow", "ray": "ray"}
 _HEALTH_PATH = {"seaweedfs": "/", "mlflow": "/health", "ray": "/api/version"}
@@ -112,6 +113,7 @@ def client_env(state: dict) -> dict[str, str]:
     env = dict(state["s3_env"])
     env["MLFLOW_TRACKING_URI"] = by_name["mlflow"]["endpoint"]
     env["RAY_ADDRESS"] = by_name["ray"]["extra"]["gcs_address"]
+    env["RAY_AUTH_MODE"] = RAY_AUTH_MODE
     env["SCISCALE_RAY_DASHBOARD"] = by_name["ray"]["endpoint"]
     env["SCISCALE_S3_BUCKET"] = state["bucket"]
     return env
@@ -190,8 +192,11 @@ def _start_all(stack_dir: Path, bucket: str, postgres_url: str | None, num_cpus:
         env={**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint})
     started.append(mlflow)
     echo("starting Ray head ...")
-    # Ray workers inherit the raylet's environment: give them the stack's S3 and MLflow settings
-    with _environ({**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_TRACKING_URI": mlflow.endpoint}):
+    # Ray workers inherit the raylet's environment: give them the stack's S3 and MLflow settings. Token auth
+    # is off on purpose: Ray turns it on by itself once any local ray.init() has written ~/.ray/auth_token,
+    # and then the token-less health check (and clients without the file) get 401; the head binds loopback.
+    with _environ({**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_TRACKING_URI": mlflow.endpoint,
+                   "RAY_AUTH_MODE": RAY_AUTH_MODE}):
         ray = services.start_ray_head(stack_dir / "ray", num_cpus=num_cpus, port=ports.get("ray"),
                                       dashboard_port=ports.get("dashboard"))
     started.append(ray)
