@@ -135,3 +135,40 @@ def report(out_url: str, manifests: dict) -> None:
         shape = "x".join(map(str, m.fields["u"].shape))
         print(f"{out_url.rstrip('/')}/{split}: {m.num_samples} trajectories of [{shape}] (T, C, H, W), "
               f"{len(m.shards)} shard(s), channels {m.attrs.get('channel_names')}")
+
+
+def open_hdf5(url: str, storage_options: dict | None = None):
+    """An h5py.File on a local path or an object-store URL (read through fsspec, range requests)."""
+    import h5py
+
+    from data.storage import filesystem
+
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        raise ValueError(f"{url}: file not found; check the path (and for s3:// URLs the endpoint and bucket)")
+    return h5py.File(fs.open(path, "rb"), "r")
+
+
+def write_converted(out_url: str, count: int, read: callable, times: np.ndarray, attrs: dict, n_val: int,
+                    storage_options: dict | None = None, progress: bool = True) -> dict:
+    """Write trajectories ``read(i) -> [T, C, H, W]`` for i < count: the last ``n_val`` to <out>/val and the
+    rest to <out>/train, with statistics from the training part."""
+    if not 0 <= n_val < count:
+        raise ValueError(f"--n-val {n_val}: must be >= 0 and below the {count} trajectories in the file")
+    base, n_train = out_url.rstrip("/"), count - n_val
+    out = {}
+    out["train"], stats = write_split(f"{base}/train", (read(i) for i in range(n_train)), times,
+                                      dict(attrs, split="train"), stats=None, storage_options=storage_options,
+                                      progress=progress, total=n_train)
+    if n_val:
+        out["val"], _ = write_split(f"{base}/val", (read(i) for i in range(n_train, count)), times,
+                                    dict(attrs, split="val"), stats=stats, storage_options=storage_options,
+                                    progress=progress, total=n_val)
+    return out
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="source file: local path or s3://bucket/key")
+    parser.add_argument("--out", required=True, help="dataset root URL; writes <out>/train and <out>/val")
+    parser.add_argument("--n-val", type=int, default=0, help="last N trajectories go to <out>/val")
+    parser.add_argument("--limit", type=int, default=None, help="convert only the first N trajectories")
