@@ -26,6 +26,10 @@ from orchestrator import services
 STATE_FILE = "stack.json"
 DEFAULT_BUCKET = "sciscale"
 RAY_AUTH_MODE = "disabled"
+# The AWS C++ SDK in pyarrow (Ray Train's checkpoint uploads) sends trailing CRC checksums on UploadPart by
+# default, which SeaweedFS rejects as INVALID_ACCESS_KEY_ID; checksums only where the API requires them.
+S3_COMPAT_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                 "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
 # what each service's leader runs; a recorded pid whose command line lacks it was reused by another program
 _LEADER_MARK = {"seaweedfs": "weed", "mlflow": "mlflow", "ray": "ray"}
 _HEALTH_PATH = {"seaweedfs": "/", "mlflow": "/health", "ray": "/api/version"}
@@ -184,7 +188,7 @@ def _start_all(stack_dir: Path, bucket: str, postgres_url: str | None, num_cpus:
     s3 = services.start_seaweedfs(stack_dir / "seaweedfs", s3_port=ports.get("s3"))
     started.append(s3)
     services.create_bucket(s3.endpoint, bucket)
-    s3_env = services.s3_env(s3.endpoint)
+    s3_env = {**services.s3_env(s3.endpoint), **S3_COMPAT_ENV}
     echo("starting MLflow server ...")
     mlflow = services.start_mlflow_server(
         stack_dir / "mlflow", backend_uri=postgres_url, port=ports.get("mlflow"),
