@@ -45,18 +45,22 @@ def _channels_of(f, names: list[str], url: str) -> tuple[int, list[str]]:
 
 
 def convert(input_url: str, out_url: str, variables: list[str] | None = None, n_val: int = 0,
-            limit: int | None = None, time_span: float = 1.0, storage_opts: dict | None = None,
-            out_storage_opts: dict | None = None, progress: bool = True) -> dict:
-    """Convert one Poseidon file; returns {split: Manifest}."""
+            limit: int | None = None, time_span: float = 1.0, channels: list[int] | None = None,
+            storage_opts: dict | None = None, out_storage_opts: dict | None = None, progress: bool = True) -> dict:
+    """Convert one Poseidon file; ``channels`` keeps a subset of the stacked channels. Returns {split: Manifest}."""
     with open_hdf5(input_url, storage_opts) as f:
         names = _pick_variables(f, variables, input_url)
         count, labels = _channels_of(f, names, input_url)
         count = min(count, limit) if limit else count
         t_len = f[names[0]].shape[1]
+        keep = list(range(len(labels))) if channels is None else channels
+        if not keep or min(keep) < 0 or max(keep) >= len(labels):
+            raise ValueError(f"--channels {channels}: the file has {len(labels)} channels {labels}")
+        labels = [labels[c] for c in keep]
 
         def read(i: int) -> np.ndarray:
             parts = [np.asarray(f[n][i], dtype=np.float32) for n in names]
-            return np.concatenate([p[:, None] if p.ndim == 3 else p for p in parts], axis=1)
+            return np.concatenate([p[:, None] if p.ndim == 3 else p for p in parts], axis=1)[:, keep]
 
         attrs = {"equation": f"poseidon:{input_url.rstrip('/').rsplit('/', 1)[-1]}", "channel_names": labels,
                  "time_span": time_span, "source": input_url, "variables": names}
@@ -69,11 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variables", default=None,
                         help="comma-separated arrays to stack as channels (default: velocity, else data)")
     parser.add_argument("--time-span", type=float, default=1.0, help="time of the last snapshot")
+    parser.add_argument("--channels", default=None, help="comma-separated channel indices to keep, e.g. 0,1,2,3")
 
 
 def run(args: argparse.Namespace) -> int:
     variables = [v.strip() for v in args.variables.split(",")] if args.variables else None
-    out = convert(args.input, args.out, variables, args.n_val, args.limit, args.time_span,
+    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    out = convert(args.input, args.out, variables, args.n_val, args.limit, args.time_span, channels,
                   storage_options(args.input), storage_options(args.out))
     report(args.out, out)
     return 0

@@ -79,7 +79,7 @@ def gaussian_bumps(n: int, rng: np.random.Generator) -> np.ndarray:
     x, y = np.arange(n)[None, :] / n, np.arange(n)[:, None] / n
     u = np.zeros((n, n))
     for _ in range(rng.integers(2, 7)):
-        cx, cy, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.08)
+        cx, cy, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.1)
         dx, dy = (x - cx + 0.5) % 1.0 - 0.5, (y - cy + 0.5) % 1.0 - 0.5
         u += rng.uniform(-1, 1) * np.exp(-(dx**2 + dy**2) / (2 * s * s))
     return u

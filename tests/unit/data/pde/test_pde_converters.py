@@ -53,6 +53,10 @@ def test_poseidon_default_variable_and_missing_variable(tmp_path):
     _poseidon_file(tmp_path / "a.nc")
     out = poseidon.convert(str(tmp_path / "a.nc"), str(tmp_path / "o"), progress=False)
     assert out["train"].fields["u"].shape == (4, 2, 8, 8)  # "velocity" picked by default
+    sub = poseidon.convert(str(tmp_path / "a.nc"), str(tmp_path / "o3"), channels=[1], progress=False)
+    assert sub["train"].attrs["channel_names"] == ["velocity[1]"] and sub["train"].fields["u"].shape[1] == 1
+    with pytest.raises(ValueError, match="the file has 2 channels"):
+        poseidon.convert(str(tmp_path / "a.nc"), str(tmp_path / "o4"), channels=[2], progress=False)
     with pytest.raises(ValueError, match=r"variables \['density'\] not in the file"):
         poseidon.convert(str(tmp_path / "a.nc"), str(tmp_path / "o2"), ["density"], progress=False)
 
