@@ -199,9 +199,12 @@ def _start_all(stack_dir: Path, bucket: str, postgres_url: str | None, num_cpus:
     # Ray workers inherit the raylet's environment: give them the stack's S3 and MLflow settings. Token auth
     # is off on purpose: Ray turns it on by itself once any local ray.init() has written ~/.ray/auth_token,
     # and then the token-less health check (and clients without the file) get 401; the head binds loopback.
+    # RAY_ADDRESS names this head for Ray Train's state-API calls, which otherwise find every Ray instance
+    # on the machine (/tmp/ray is shared) and give up.
+    gcs_port = ports.get("ray") or services.free_port()
     with _environ({**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_TRACKING_URI": mlflow.endpoint,
-                   "RAY_AUTH_MODE": RAY_AUTH_MODE}):
-        ray = services.start_ray_head(stack_dir / "ray", num_cpus=num_cpus, port=ports.get("ray"),
+                   "RAY_AUTH_MODE": RAY_AUTH_MODE, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}):
+        ray = services.start_ray_head(stack_dir / "ray", num_cpus=num_cpus, port=gcs_port,
                                       dashboard_port=ports.get("dashboard"))
     started.append(ray)
     return {"version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

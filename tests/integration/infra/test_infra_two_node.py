@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 DRIVER = Path(__file__).with_name("two_node_driver.py")
 ROOT = Path(__file__).resolve().parents[3]
 STEPS = 14
+IFNAME = "ss0"
 
 
 def _ip(*argv: str) -> subprocess.CompletedProcess:
@@ -43,10 +44,13 @@ class Netns:
         steps = [("netns", "add", self.a), ("netns", "add", self.b),
                  ("link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_b),
                  ("link", "set", self.veth_a, "netns", self.a), ("link", "set", self.veth_b, "netns", self.b),
-                 ("-n", self.a, "addr", "add", f"{self.ip_a}/30", "dev", self.veth_a),
-                 ("-n", self.b, "addr", "add", f"{self.ip_b}/30", "dev", self.veth_b),
+                 # the same name on both sides, so one GLOO_SOCKET_IFNAME fits every node
+                 ("-n", self.a, "link", "set", self.veth_a, "name", IFNAME),
+                 ("-n", self.b, "link", "set", self.veth_b, "name", IFNAME),
+                 ("-n", self.a, "addr", "add", f"{self.ip_a}/30", "dev", IFNAME),
+                 ("-n", self.b, "addr", "add", f"{self.ip_b}/30", "dev", IFNAME),
                  ("-n", self.a, "link", "set", "lo", "up"), ("-n", self.b, "link", "set", "lo", "up"),
-                 ("-n", self.a, "link", "set", self.veth_a, "up"), ("-n", self.b, "link", "set", self.veth_b, "up")]
+                 ("-n", self.a, "link", "set", IFNAME, "up"), ("-n", self.b, "link", "set", IFNAME, "up")]
         for argv in steps:
             proc = _ip(*argv)
             if proc.returncode != 0:
@@ -78,24 +82,28 @@ def topology():
     yield [], "127.0.0.1", [], "127.0.0.1", "loopback"
 
 
-# token auth turns itself on once any local ray.init() has written ~/.ray/auth_token; keep this test
-# independent of that machine state (every address it uses exists only inside its own namespaces)
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-       "RAY_AUTH_MODE": "disabled"}
+def _env(address: str, mode: str) -> dict:
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+            # token auth turns itself on once any local ray.init() has written ~/.ray/auth_token
+            "RAY_AUTH_MODE": "disabled",
+            # Ray Train's state-API calls find every cluster on the machine (/tmp/ray is shared): name ours
+            "RAY_ADDRESS": address,
+            # gloo would advertise the hostname's address (127.0.0.1), unreachable from the other namespace
+            "GLOO_SOCKET_IFNAME": IFNAME if mode == "netns" else "lo"}
 
 
-def _start(prefix: list[str], argv: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(prefix + argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=ENV,
+def _start(prefix: list[str], argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(prefix + argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
 
-def _wait_nodes(prefix: list[str], address: str, count: int, timeout: float = 240) -> None:
+def _wait_nodes(prefix: list[str], address: str, count: int, env: dict, timeout: float = 240) -> None:
     probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
              "print(sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         proc = subprocess.run(prefix + [sys.executable, "-c", probe, address], capture_output=True, text=True,
-                              timeout=120, env=ENV)
+                              timeout=120, env=env)
         if proc.returncode == 0 and proc.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(2)
@@ -110,26 +118,31 @@ def _progress(workdir: Path) -> list[dict]:
 def test_job_spans_both_nodes_and_survives_losing_one(topology, tmp_path):
     prefix_a, ip_a, prefix_b, ip_b, mode = topology
     port = services.free_port()
+    address = f"{ip_a}:{port}"
+    env = _env(address, mode)
+    # the dashboard serves the state API that Ray Train's controller polls
     head_argv = [shutil.which("ray") or "ray", "start", "--head", "--block", f"--node-ip-address={ip_a}",
-                 f"--port={port}", "--num-cpus=2", '--resources={"slot": 1}', "--include-dashboard=false",
+                 f"--port={port}", "--num-cpus=2", '--resources={"slot": 1}', "--include-dashboard=true",
+                 f"--dashboard-host={ip_a}", f"--dashboard-port={services.free_port()}",
                  f"--temp-dir=/tmp/ray-2n-{port}", "--disable-usage-stats"]
     node_argv = [shutil.which("ray") or "ray", "start", "--block", f"--address={ip_a}:{port}",
                  f"--node-ip-address={ip_b}", "--num-cpus=2", '--resources={"slot": 1}', "--disable-usage-stats"]
     if mode == "loopback":
         node_argv += [f"--node-manager-port={services.free_port()}", f"--object-manager-port={services.free_port()}"]
-    head = _start(prefix_a, head_argv, tmp_path / "head.log")
+    head = _start(prefix_a, head_argv, tmp_path / "head.log", env)
     node = None
     driver = None
     try:
-        _wait_nodes(prefix_a, f"{ip_a}:{port}", 1)
-        node = _start(prefix_b, node_argv, tmp_path / "node.log")
-        _wait_nodes(prefix_a, f"{ip_a}:{port}", 2)
-        driver = subprocess.Popen(prefix_a + [sys.executable, str(DRIVER), f"{ip_a}:{port}", str(tmp_path),
-                                              str(STEPS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=ENV)
+        _wait_nodes(prefix_a, address, 1, env)
+        node = _start(prefix_b, node_argv, tmp_path / "node.log", env)
+        _wait_nodes(prefix_a, address, 2, env)
+        driver = subprocess.Popen(prefix_a + [sys.executable, str(DRIVER), address, str(tmp_path), str(STEPS)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 300
         while not any(p["step"] >= 3 for p in _progress(tmp_path)):
-            assert driver.poll() is None, f"driver exited early:\n{driver.communicate()[1][-4000:]}"
+            if driver.poll() is not None:
+                out, err = driver.communicate()
+                pytest.fail(f"driver exited early: {out[-2000:]}\n{err[-4000:]}")
             assert time.monotonic() < deadline, "the job did not reach step 3"
             time.sleep(0.5)
         first = _progress(tmp_path)[0]
