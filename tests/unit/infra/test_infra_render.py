@@ -15,7 +15,7 @@ from orchestrator.specload import load_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = Path(__file__).parent / "specs"
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sciscale:abc123"
 
 
@@ -36,7 +36,7 @@ def _pods(rayjob: dict) -> list[dict]:
     return [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
 
 
-@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")) + EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")) + EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_rendered_objects_pass_their_schemas(path, capsys, k8s_validate):
     docs = _render(path, capsys=capsys)
     assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"]
