@@ -14,7 +14,9 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
+import sys
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -85,6 +87,7 @@ def load_state(stack_dir: Path) -> dict | None:
 
 def _save_state(stack_dir: Path, state: dict) -> None:
     tmp = stack_dir / (STATE_FILE + ".tmp")
+    tmp.touch(mode=0o600)  # may hold a Postgres URL with its password
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(stack_dir / STATE_FILE)  # readers never see a half-written state
 
@@ -126,10 +129,15 @@ def client_env(state: dict) -> dict[str, str]:
 # ---- up -------------------------------------------------------------------------------------------------
 
 def handle_up(args: argparse.Namespace) -> int:
+    """Exit 0 when the stack is up; 1 (with the failing service's log tail) when a service did not start."""
     stack_dir = (args.dir or default_dir()).resolve()
-    state = up(stack_dir, bucket=args.bucket, postgres_url=args.postgres_url, num_cpus=args.num_cpus,
-               ports={"s3": args.s3_port, "mlflow": args.mlflow_port, "ray": args.ray_port,
-                      "dashboard": args.dashboard_port}, echo=print)
+    try:
+        state = up(stack_dir, bucket=args.bucket, postgres_url=args.postgres_url, num_cpus=args.num_cpus,
+                   ports={"s3": args.s3_port, "mlflow": args.mlflow_port, "ray": args.ray_port,
+                          "dashboard": args.dashboard_port}, echo=print)
+    except (TimeoutError, RuntimeError) as exc:  # raised by services with the log tail; nothing is left running
+        print(f"stack up failed, everything it started was stopped: {exc}", file=sys.stderr)
+        return 1
     print(describe(state))
     return 0
 
@@ -295,7 +303,8 @@ def handle_status(args: argparse.Namespace) -> int:
         return 1
     health = {s["name"]: healthy(s) for s in state["services"]}
     if args.json:
-        print(json.dumps({**state, "healthy": health, "env": client_env(state)}, indent=2))
+        text = json.dumps({**state, "healthy": health, "env": client_env(state)}, indent=2)
+        print(re.sub(r"://([^:/@\s]+):[^@\s]+@", r"://\1:***@", text))  # no database password on screen
     elif args.env:
         print(env_lines(state))
     else:

@@ -98,3 +98,13 @@ def test_down_stops_recorded_groups_and_their_strays_only(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_status_json_hides_the_database_password(tmp_path, capsys):
+    state = _state(tmp_path, pids=(2**22 + 1, 2**22 + 2, 2**22 + 3))
+    state["services"][1]["extra"]["backend_uri"] = "postgresql://mlflow:s3cret@db:5432/mlflow"
+    (tmp_path / stack.STATE_FILE).write_text(__import__("json").dumps(state))
+    args = _parser().parse_args(["stack", "status", "--dir", str(tmp_path), "--json"])
+    assert args.func(args) == 1  # nothing is running
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "postgresql://mlflow:***@db:5432/mlflow" in out
