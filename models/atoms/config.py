@@ -9,13 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 # EScAIP sizes: H512L10 and H1024L8 follow the EScAIP paper's configurations; "1B" widens to 2048 so
-# that parameters (about 16 x width^2 per layer) reach ~1e9 at 14 layers.
+# that parameters (about 20 x width^2 per layer) reach ~1e9 at 12 layers.
 ESCAIP_SIZES: dict[str, dict] = {
     # debug: edge tokens dominate the cost on CPU, so a narrow width and a 2x feed-forward
     "debug": {"hidden": 32, "layers": 2, "heads": 2, "num_rbf": 16, "boo_lmax": 4, "ffn": 2},
     "H512L10": {"hidden": 512, "layers": 10, "heads": 8, "num_rbf": 64, "boo_lmax": 8, "ffn": 4},
     "H1024L8": {"hidden": 1024, "layers": 8, "heads": 16, "num_rbf": 64, "boo_lmax": 8, "ffn": 4},
-    "1B": {"hidden": 2048, "layers": 14, "heads": 16, "num_rbf": 128, "boo_lmax": 8, "ffn": 4},
+    "1B": {"hidden": 2048, "layers": 12, "heads": 16, "num_rbf": 128, "boo_lmax": 8, "ffn": 4},
 }
 # MACE sizes: "medium" is MACE-MP's 128x0e+128x1o (4.69M parameters with 89 elements).
 MACE_SIZES: dict[str, dict] = {
@@ -49,7 +49,8 @@ class AtomsModelSpec(BaseModel):
     arch: Literal["escaip", "mace"] = "escaip"
     """Architecture: ``escaip`` (attention over neighbours, scalar features) or ``mace`` (mace-torch)."""
     size: Literal["debug", "H512L10", "H1024L8", "1B", "medium"] = "debug"
-    """Named size. EScAIP: debug (CPU), H512L10, H1024L8, 1B. MACE: debug, medium (128x0e+128x1o)."""
+    """Named size. EScAIP: debug (CPU), H512L10 (53.5M parameters), H1024L8 (171M), 1B (1.02B). MACE: debug,
+    medium (128x0e+128x1o)."""
     cutoff: float = Field(default=6.0, gt=0, le=20)
     """Neighbour cutoff radius in Angstrom."""
     max_neighbors: int = Field(default=30, ge=1)
