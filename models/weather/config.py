@@ -11,7 +11,7 @@ _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_doc
 # Named ClimaX sizes: (embed_dim, depth, heads, decoder_depth). "B" is the paper's configuration (1024/8/16,
 # about 108M parameters with 48 variables on 32x64); "H" is a Prithvi-WxC-scale model of about 2.5B.
 CLIMAX_SIZES: dict[str, tuple[int, int, int, int]] = {
-    "debug": (128, 4, 4, 1),
+    "debug": (64, 3, 4, 1),
     "B": (1024, 8, 16, 2),
     "H": (2560, 31, 20, 2),
 }
