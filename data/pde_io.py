@@ -8,7 +8,7 @@ so validation data is normalised with the training statistics.
 from __future__ import annotations
 
 import argparse
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from data.format import FieldSpec
@@ -149,8 +149,8 @@ def open_hdf5(url: str, storage_options: dict | None = None):
     return h5py.File(fs.open(path, "rb"), "r")
 
 
-def write_converted(out_url: str, count: int, read: callable, times: np.ndarray, attrs: dict, n_val: int,
-                    storage_options: dict | None = None, progress: bool = True) -> dict:
+def write_converted(out_url: str, count: int, read: Callable[[int], np.ndarray], times: np.ndarray,
+                    attrs: dict, n_val: int, storage_options: dict | None = None, progress: bool = True) -> dict:
     """Write trajectories ``read(i) -> [T, C, H, W]`` for i < count: the last ``n_val`` to <out>/val and the
     rest to <out>/train, with statistics from the training part."""
     if not 0 <= n_val < count:
