@@ -1,12 +1,16 @@
 """Streaming throughput on one SeaweedFS bucket, in one run: raw whole-object GETs (the bound) vs the reader.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_stream.py [--dense-mib 384] [--graphs 400000]
+    OMP_NUM_THREADS=1 python benchmarks/data_stream.py [--dense-mib 512] [--mem-mib 128,1024]
+        [--graphs 400000] [--repeats 3]
 
 Starts SeaweedFS on loopback under /tmp, writes a dense dataset (4x128x128 float32 per sample, 16 MiB
-shards) and a small-graph dataset (columnar, ~20 atoms each), then prints one table: raw GETs with 4-deep
-prefetch (s3fs and obstore), the sciscale reader on the same shards (fraction of the bound), small graphs
-decoded per second, the time to build a 10M-sample / 10k-shard epoch plan, and the reader's peak memory
-against its cache and the dataset size. Everything is written under /tmp and removed at the end.
+shards), more dense datasets of other sizes (memory only) and a small-graph dataset (columnar, ~20 atoms
+each), then prints one table. Bound and reader alternate ``--repeats`` times per client (s3fs and obstore),
+each pair back to back on the same bytes, so that a shared machine's load hits both alike: medians and the
+median of the per-pair ratios are reported, with the range. Also: small graphs decoded per second (median;
+per process CPU second too, which load does not change), the 10M-sample / 10k-shard epoch plan (wall and
+CPU seconds, median of 5), the reader's peak memory at each dataset size, and the load average. Everything
+is written under /tmp and removed at the end.
 """
 
 from __future__ import annotations
@@ -93,29 +97,42 @@ def read_all(url: str, client: str, global_batch: int, workers: int, collate=Non
     rss = PeakRSS()
     loader = build_loader(spec, spec.train, split="train", rank=0, world_size=1, global_batch=global_batch,
                           micro_batch=global_batch, seed=0, collate=collate)
-    start, samples = time.perf_counter(), 0
+    start, cpu, samples = time.perf_counter(), time.process_time(), 0
     for _, micro in zip(range(steps), loader):
         samples += sum(len(mb["sample_id"]) for mb in micro)
-    seconds = time.perf_counter() - start
-    out = {"seconds": seconds, "samples": samples, "peak_cache": loader.cache.peak_bytes,
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    out = {"seconds": seconds, "cpu": cpu, "samples": samples, "peak_cache": loader.cache.peak_bytes,
            "fetched": loader.cache.fetched_bytes}
     loader.close()
     out["rss"] = rss.stop()
     return out
 
 
-def plan_time() -> float:
+def plan_time(world_size: int = 1) -> tuple[float, float]:
+    """(wall, CPU) seconds to build rank 0's epoch plan: sample order and every shard visit of its streams."""
     counts = np.full(10_000, 1_000)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     plan = Plan([PlanSource(counts)], seed=0, streams=8, global_batch=256, window=4)
-    plan.rank_block(0, 1, 0, 1)  # builds the epoch's full order
-    return time.perf_counter() - start
+    plan.rank_block(0, world_size, 0, 1)  # the epoch's full order of every stream
+    for c in plan.rank_streams(0, world_size):
+        plan.visits(0, c, 0)  # the shard schedule the cache prefetches by
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def load() -> str:
+    return "/".join(f"{x:.0f}" for x in os.getloadavg())
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f"{format(float(np.median(values)), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dense-mib", type=int, default=384)
+    ap.add_argument("--dense-mib", type=int, default=512)
+    ap.add_argument("--mem-mib", default="128,1024", help="more dense dataset sizes, for the memory rows only")
     ap.add_argument("--graphs", type=int, default=400_000)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="sciscale-bench-", dir="/tmp")
@@ -124,40 +141,94 @@ def main() -> None:
     os.environ["TMPDIR"] = work  # reader caches under the bench folder
     try:
         create_bucket(service.endpoint, "bench")
-        dense, graphs = "s3://bench/dense", "s3://bench/graphs"
-        write_dense(dense, args.dense_mib)
-        write_graphs(graphs, args.graphs)
-        run(dense, graphs, args.workers)
+        sizes = sorted({args.dense_mib, *(int(x) for x in args.mem_mib.split(",") if x)})
+        for mib in sizes:
+            write_dense(f"s3://bench/dense-{mib}", mib)
+        write_graphs("s3://bench/graphs", args.graphs)
+        print(f"written; load average {load()}", flush=True)
+        rows = dense_rows(f"s3://bench/dense-{args.dense_mib}", args.repeats, args.workers)
+        rows += memory_rows([f"s3://bench/dense-{mib}" for mib in sizes if mib != args.dense_mib], args.workers)
+        rows += graph_rows("s3://bench/graphs", args.repeats, args.workers)
+        rows += plan_rows()
+        rows.append(("load average (1/5/15 min) at the end", load(), "2 cores"))
+        print_table(rows)
     finally:
         service.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(dense: str, graphs: str, workers: int) -> None:
-    m = read_manifest(dense, storage_options(dense))
-    keys, size = [s.key for s in m.shards], m.total_bytes()
-    sample_bytes = 4 * 128 * 128 * 4
+def dense_rows(url: str, repeats: int, workers: int) -> list[tuple[str, str, str]]:
+    m = read_manifest(url, storage_options(url))
+    keys, size, sample_bytes = [s.key for s in m.shards], m.total_bytes(), 4 * 128 * 128 * 4
     rows = []
     for client in ("fsspec", "obstore"):
-        opts = storage_options(dense, StorageSpec(client=client))
-        raw_s, raw_b = raw_get_throughput(dense, opts, keys * 2, 4)  # the same bytes as 2 reader epochs
-        r = read_all(dense, client, 32, workers)
-        bound = raw_b / raw_s / 1e6
-        got = r["samples"] * sample_bytes / r["seconds"] / 1e6
-        rows.append((f"dense, raw GETs 4-deep ({client})", f"{bound:,.0f} MB/s", "bound"))
-        rows.append((f"dense, sciscale reader ({client})", f"{got:,.0f} MB/s", f"{got / bound:.0%} of bound"))
-        rows.append((f"  peak cache / RSS growth / dataset ({client})",
-                     f"{r['peak_cache'] / MiB:.0f} / {r['rss'] / MiB:.0f} / {size / MiB:.0f} MiB", ""))
-    gm = read_manifest(graphs, storage_options(graphs))
+        opts = storage_options(url, StorageSpec(client=client))
+        bounds, reads, ratios, mem = [], [], [], []
+        for i in range(repeats):
+            def bound() -> float:
+                raw_s, raw_b = raw_get_throughput(url, opts, keys * 2, 4)  # the same bytes as 2 reader epochs
+                return raw_b / raw_s / 1e6
+
+            def reader() -> float:
+                r = read_all(url, client, 32, workers)
+                mem.append(r)
+                return r["samples"] * sample_bytes / r["seconds"] / 1e6
+            # alternate which goes first, so that a drift in load favours neither
+            pair = (bound(), reader()) if i % 2 == 0 else tuple(reversed((reader(), bound())))
+            bounds.append(pair[0])
+            reads.append(pair[1])
+            ratios.append(pair[1] / pair[0])
+            print(f"  {client} repeat {i}: bound {pair[0]:,.0f} MB/s, reader {pair[1]:,.0f} MB/s, load {load()}",
+                  flush=True)
+        name = {"fsspec": "s3fs", "obstore": "obstore"}[client]
+        rows.append((f"dense, raw GETs 4-deep ({name})", spread(bounds, ",.0f") + " MB/s", "bound"))
+        rows.append((f"dense, sciscale reader ({name})", spread(reads, ",.0f") + " MB/s",
+                     f"{spread([r * 100 for r in ratios], '.0f')} % of bound (per-pair ratios)"))
+        rows.append(memory_row(mem[-1], size, name))
+    return rows
+
+
+def memory_row(r: dict, size: int, name: str) -> tuple[str, str, str]:
+    return (f"  peak cache / RSS growth / dataset ({name})",
+            f"{r['peak_cache'] / MiB:.0f} / {r['rss'] / MiB:.0f} / {size / MiB:.0f} MiB", "")
+
+
+def memory_rows(urls: list[str], workers: int) -> list[tuple[str, str, str]]:
+    rows = []
+    for url in urls:
+        size = read_manifest(url, storage_options(url)).total_bytes()
+        rows.append(memory_row(read_all(url, "obstore", 32, workers), size, "obstore"))
+    return rows
+
+
+def graph_rows(url: str, repeats: int, workers: int) -> list[tuple[str, str, str]]:
+    rows = []
     for client in ("fsspec", "obstore"):
-        for name, collate in (("columnar batch decode", None), ("per-sample collate", graph_collate)):
-            g = read_all(graphs, client, 1024, workers, collate=collate, epochs=1)
-            rows.append((f"small graphs, {name} ({client})", f"{g['samples'] / g['seconds']:,.0f}/s", ""))
-    rows.append(("epoch plan, 10M samples in 10k shards", f"{plan_time():.2f} s", ""))
+        runs = [read_all(url, client, 1024, workers, epochs=1) for _ in range(repeats)]
+        rate = [g["samples"] / g["seconds"] for g in runs]
+        cpu = [g["samples"] / g["cpu"] for g in runs]
+        name = {"fsspec": "s3fs", "obstore": "obstore"}[client]
+        rows.append((f"small graphs, columnar batch decode ({name})", spread(rate, ",.0f") + " /s",
+                     f"{np.median(cpu):,.0f} per CPU second"))
+    g = read_all(url, "obstore", 1024, workers, collate=graph_collate, epochs=1)
+    rows.append(("small graphs, per-sample collate (obstore)", f"{g['samples'] / g['seconds']:,.0f} /s", "one run"))
+    return rows
+
+
+def plan_rows() -> list[tuple[str, str, str]]:
+    rows = []
+    for world in (1, 8):
+        times = [plan_time(world) for _ in range(5)]
+        rows.append((f"epoch plan, 10M samples in 10k shards, rank 0 of {world}",
+                     spread([t[0] for t in times], ".2f") + " s", f"CPU {np.median([t[1] for t in times]):.2f} s"))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'measurement':<{width}}  {'value':>22}  note")
+    print(f"\n{'measurement':<{width}}  {'value':>28}  note")
     for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>22}  {note}")
+        print(f"{name:<{width}}  {value:>28}  {note}")
 
 
 if __name__ == "__main__":

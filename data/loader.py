@@ -21,7 +21,7 @@ from data.format import FieldSpec, Manifest, open_shard, read_manifest
 from data.plan import Plan, PlanSource, RankSchedule, Visit, block_visits, encode_ids, val_assignment
 from data.storage import storage_options
 
-STATE_KIND = "sciscale.data/1"
+STATE_KIND = "sciscale.data/2"  # 2: one shuffle generator per stream
 
 
 def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, global_batch: int,
@@ -126,28 +126,23 @@ class ShardSampleDataset(Dataset):
         return batch
 
     def _columnar(self, views, task: dict) -> dict:
-        """No transform: gather whole columns with one fancy index per shard (fixed fields stacked; ragged
-        fields concatenated with ``<name>_counts``), as ``default_collate`` would, without per-sample work."""
-        where, index, out = task["path_idx"], task["index"], {}
-        masks = [where == v for v in range(len(views))]
+        """No transform: whole columns gathered with a few vectorised index operations per shard (fixed
+        fields stacked; ragged fields concatenated with ``<name>_counts``), as ``default_collate`` would,
+        without per-sample Python work. Ragged fields with identical offsets share one row index."""
+        index = task["index"]
+        groups = [None] if len(views) == 1 else [np.flatnonzero(task["path_idx"] == v) for v in range(len(views))]
+        out, rows = {}, {}
         for f in self.fields:
-            spec, n = views[0].fields[f], len(index)
+            spec = views[0].fields[f]
             if not spec.ragged:
-                col = np.empty((n, *spec.shape), spec.dtype)
-                for v, m in zip(views, masks):
-                    col[m] = v.arrays[f][index[m]]
-                out[f] = torch.from_numpy(col)
+                out[f] = torch.from_numpy(_gather_fixed(views, groups, index, f, spec))
                 continue
-            counts = np.empty(n, np.int64)
-            for v, m in zip(views, masks):
-                off = v.arrays[f + ".offsets"]
-                counts[m] = off[index[m] + 1] - off[index[m]]
-            dest = np.cumsum(counts) - counts
-            col = np.empty((int(counts.sum()), *spec.shape), spec.dtype)
-            for v, m in zip(views, masks):
-                off = v.arrays[f + ".offsets"]
-                col[_ranges(dest[m], counts[m])] = v.arrays[f][_ranges(off[index[m]], counts[m])]
-            out[f], out[f + "_counts"] = torch.from_numpy(col), torch.from_numpy(counts)
+            key = _offsets_key(views, f)
+            if key not in rows:
+                rows[key] = _ragged_rows(views, groups, index, key)
+            counts, parts = rows[key]
+            out[f] = torch.from_numpy(_gather_rows(views, parts, f, spec, int(counts.sum())))
+            out[f + "_counts"] = torch.from_numpy(counts)
         return out
 
     def _per_sample(self, views, task: dict) -> dict:
@@ -170,6 +165,80 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s + n) for every (s, n), vectorised."""
     total = int(lengths.sum())
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+
+
+_LOOP_COPY_BYTES = 16 << 10  # rows this large: one memcpy each beats a fancy gather plus a scatter
+
+
+def _as_rows(a: np.ndarray) -> np.ndarray:
+    """``a`` [n, ...] as a 1-D array of n opaque rows: numpy's take on one item per row is several times
+    faster than fancy indexing of a 2-D array."""
+    if a.ndim == 1:
+        return a
+    return a.reshape(len(a), -1).view(np.dtype((np.void, a.itemsize * int(np.prod(a.shape[1:])))))[:, 0]
+
+
+def _gather_fixed(views, groups, index: np.ndarray, f: str, spec: FieldSpec) -> np.ndarray:
+    """``[n, *shape]`` rows of a fixed field in batch order, each copied once from its mapped shard."""
+    col = np.empty((len(index), *spec.shape), spec.dtype)
+    if len(views) == 1:
+        np.take(_as_rows(views[0].arrays[f]), index, out=_as_rows(col))
+    elif spec.row_bytes() >= _LOOP_COPY_BYTES:
+        arrays = [v.arrays[f] for v in views]
+        for v, g in enumerate(groups):
+            for i, j in zip(g.tolist(), index[g].tolist()):
+                col[i] = arrays[v][j]
+    else:
+        rows = _as_rows(col)
+        for v, g in zip(views, groups):
+            rows[g] = np.take(_as_rows(v.arrays[f]), index[g])
+    return col
+
+
+def _offsets_key(views, f: str) -> str:
+    """The first ragged field whose offsets equal ``f``'s in every shard of the batch (often all share)."""
+    for view in views:
+        if not hasattr(view, "offsets_alias"):
+            view.offsets_alias = _offsets_aliases(view)
+    keys = {view.offsets_alias[f] for view in views}
+    return keys.pop() if len(keys) == 1 else f
+
+
+def _offsets_aliases(view) -> dict[str, str]:
+    alias: dict[str, str] = {}
+    ragged = [f for f, spec in view.fields.items() if spec.ragged]
+    for f in ragged:
+        off = view.arrays[f + ".offsets"]
+        alias[f] = next((g for g in ragged[:ragged.index(f)] if alias[g] == g
+                         and np.array_equal(view.arrays[g + ".offsets"], off)), f)
+    return alias
+
+
+def _ragged_rows(views, groups, index: np.ndarray, key: str) -> tuple[np.ndarray, list]:
+    """Per-sample row counts and, per shard, (source rows, destination rows or None when in order)."""
+    if len(views) == 1:
+        off = views[0].arrays[key + ".offsets"]
+        start = off[index]
+        counts = (off[index + 1] - start).astype(np.int64)
+        return counts, [(_ranges(start, counts), None)]
+    counts, start = np.empty(len(index), np.int64), np.empty(len(index), np.int64)
+    for v, g in zip(views, groups):
+        off, i = v.arrays[key + ".offsets"], index[g]
+        start[g] = off[i]
+        counts[g] = off[i + 1] - start[g]
+    dest = np.cumsum(counts) - counts
+    return counts, [(_ranges(start[g], counts[g]), _ranges(dest[g], counts[g])) for g in groups]
+
+
+def _gather_rows(views, parts: list, f: str, spec: FieldSpec, total: int) -> np.ndarray:
+    col = np.empty((total, *spec.shape), spec.dtype)
+    rows = _as_rows(col)
+    for v, (src, dst) in zip(views, parts):
+        if dst is None:
+            np.take(_as_rows(v.arrays[f]), src, out=rows)
+        else:
+            rows[dst] = np.take(_as_rows(v.arrays[f]), src)
+    return col
 
 
 def default_collate(examples: list[dict], ragged: set[str] = frozenset()) -> dict:
@@ -202,6 +271,9 @@ class StepLoader:
         self._releases: dict[int, list[Visit]] = collections.defaultdict(list)
         self._ahead: collections.deque[Visit] = collections.deque()
         self._loader: DataLoader | None = None
+        # shards of all datasets numbered globally: dataset d's shard k is _shard_base[d] + k
+        self._shard_base = np.cumsum([0] + [len(src.shard_counts) for src in plan.sources[:-1]])
+        self._global_starts = np.concatenate(plan.shard_starts)
         if split == "val":
             counts = [s.num_samples for s in plan.sources]
             self._val = val_assignment(counts, rank, world_size, micro_batch)
@@ -256,14 +328,19 @@ class StepLoader:
 
     # ---------------------------------------------------------------------------------------------- tasks
     def _task(self, dataset, local, shard, epoch, valid=None) -> dict:
-        keys, path_idx = np.unique(dataset * (1 << 32) + shard, return_inverse=True)
-        paths = [self.cache.wait(int(k >> 32), int(k & 0xFFFFFFFF)) for k in keys]
-        index = np.empty(len(local), np.int64)
-        for d in np.unique(dataset):
-            m = dataset == d
-            index[m] = local[m] - self.plan.shard_starts[d][shard[m]]
-        return {"paths": paths, "path_idx": path_idx, "path_dataset": keys >> 32, "dataset": dataset, "index": index,
-                "sample_id": encode_ids(dataset, local), "epoch": epoch, "valid": valid}
+        """One micro-batch task: the batch's shards (as global shard numbers, in order) and per sample its
+        shard's slot in ``paths`` and its index inside that shard; no sorting, O(batch)."""
+        keys = shard if len(self._shard_base) == 1 else self._shard_base[dataset] + shard
+        seen = np.zeros(len(self._global_starts), bool)
+        seen[keys] = True
+        uniq = np.flatnonzero(seen)
+        lookup = np.empty(len(seen), np.int64)
+        lookup[uniq] = np.arange(len(uniq))
+        path_dataset = np.searchsorted(self._shard_base, uniq, side="right") - 1
+        paths = [self.cache.wait(d, k - self._shard_base[d]) for d, k in zip(path_dataset.tolist(), uniq.tolist())]
+        return {"paths": paths, "path_idx": lookup[keys], "path_dataset": path_dataset, "dataset": dataset,
+                "index": local - self._global_starts[keys], "sample_id": encode_ids(dataset, local),
+                "epoch": epoch, "valid": valid}
 
     def _train_tasks(self) -> Iterator[dict]:
         step, block_steps = self.start_step, 16

@@ -44,22 +44,55 @@ def epoch_order(shard_counts: np.ndarray, seed: int, epoch: int, streams: int, w
                 salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(sample ids of one epoch in plan order, stream bounds of length C + 1); stream c is ids[b[c]:b[c+1]]."""
     counts = np.asarray(shard_counts, np.int64)
-    n, s = int(counts.sum()), len(counts)
-    rng = np.random.default_rng([seed, salt, epoch])
-    perm = rng.permutation(s)
-    starts = np.cumsum(counts) - counts
-    counts_p, starts_p = counts[perm], starts[perm]
-    # ids as a running sum of +1 steps with a jump at every shard boundary (cheaper than repeat + add)
-    ids = np.ones(n, np.int64)
-    ids[0] = starts_p[0]
-    ids[np.cumsum(counts_p)[:-1]] = starts_p[1:] - (starts_p[:-1] + counts_p[:-1] - 1)
-    np.cumsum(ids, out=ids)
+    n = int(counts.sum())
     bounds = np.arange(streams + 1, dtype=np.int64) * n // streams
+    perm = shard_permutation(seed, epoch, len(counts), salt)
+    parts = [stream_order(counts, perm, bounds, c, window, (seed, salt, epoch))[0] for c in range(streams)]
+    return np.concatenate(parts), bounds
+
+
+def shard_permutation(seed: int, epoch: int, num_shards: int, salt: int = 0) -> np.ndarray:
+    """The epoch's shard order."""
+    return np.random.default_rng([seed, salt, epoch]).permutation(num_shards)
+
+
+def stream_order(counts: np.ndarray, perm: np.ndarray, bounds: np.ndarray, c: int, window: int,
+                 key: tuple[int, int, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Stream ``c`` of one epoch, built alone (a rank builds only its own streams), in O(stream length):
+    its sample ids in plan order, and its shard pieces (shard, first and last position of use in the
+    stream, sorted by first use).
+
+    The stream is the range [bounds[c], bounds[c+1]) of the permuted shards' ids, shuffled within windows of
+    ``window`` shards' worth of samples by a generator keyed by (seed, salt, epoch, c). The shuffle is
+    applied to pre-shuffle indices: ``where[j]`` = position of pre-shuffle index j, and since a shard's
+    piece is a contiguous run of pre-shuffle indices, its first and last use are one ``reduceat`` each.
+    """
+    n, s = int(bounds[-1]), len(counts)
+    lo, hi = int(bounds[c]), int(bounds[c + 1])
+    ends = np.cumsum(counts[perm])  # end of every permuted shard in the pre-shuffle sequence
+    j = np.arange(np.searchsorted(ends, lo, side="right"), np.searchsorted(ends, hi - 1, side="right") + 1)
+    k = perm[j]  # the shards this stream touches, in stream order
+    begin = ends[j] - counts[k]  # pre-shuffle start of each
+    run_lo, run_hi = np.maximum(begin, lo), np.minimum(begin + counts[k], hi)
+    first_id = (np.cumsum(counts) - counts)[k] + run_lo - begin
+    length, dtype = run_hi - run_lo, np.int32 if n < 2**31 else np.int64
+    # pre-shuffle ids as a running sum of +1 steps with a jump at each piece (cheaper than repeat + add)
+    pre = np.ones(hi - lo, dtype)
+    pre[0] = first_id[0]
+    pre[np.cumsum(length)[:-1]] = first_id[1:] - (first_id[:-1] + length[:-1] - 1)
+    np.cumsum(pre, out=pre)
+    order = np.arange(hi - lo, dtype=dtype)
+    rng = np.random.default_rng([*key, c + 1])
     win = max(1, window * -(-n // s))  # window shards' worth of samples (ceil of the mean shard)
-    for c in range(streams):
-        for lo in range(int(bounds[c]), int(bounds[c + 1]), win):
-            rng.shuffle(ids[lo:min(lo + win, int(bounds[c + 1]))])
-    return ids, bounds
+    for a in range(0, hi - lo, win):
+        rng.shuffle(order[a:a + win])
+    where = np.empty_like(order)
+    where[order] = np.arange(hi - lo, dtype=dtype)
+    piece = np.cumsum(length) - length
+    first, last = np.minimum.reduceat(where, piece), np.maximum.reduceat(where, piece)
+    by_use = np.argsort(first, kind="stable")
+    return pre[order], {"shard": k[by_use], "first": first[by_use].astype(np.int64),
+                        "last": last[by_use].astype(np.int64)}
 
 
 def mixture_pattern(weights: list[float], period: int = PATTERN_PERIOD) -> np.ndarray:
@@ -136,14 +169,19 @@ class Plan:
         """The epoch of dataset ``d`` that stream ``c`` is in at the start of ``step``."""
         return self.dataset_position(d, step * self.per_stream) // self.stream_length(d, c)
 
-    def epoch(self, d: int, e: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cached ``epoch_order`` of dataset ``d``, epoch ``e``."""
-        key = (d, e)
+    def stream(self, d: int, e: int, c: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Cached ``stream_order`` of dataset ``d``, epoch ``e``, stream ``c``."""
+        key = (d, e, c)
         if key not in self._cache:
-            if len(self._cache) >= 2 * len(self.sources) + 2:
+            # two epochs of every stream: the current one and the next, whose first shards are prefetched
+            if len(self._cache) >= 2 * self.streams * len(self.sources) + 2:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = epoch_order(self.sources[d].shard_counts, self.seed, e, self.streams,
-                                           self.window, salt=d)
+            src = self.sources[d]
+            n = src.num_samples
+            bounds = np.arange(self.streams + 1, dtype=np.int64) * n // self.streams
+            perm = shard_permutation(self.seed, e, len(src.shard_counts), salt=d)
+            self._cache[key] = stream_order(np.asarray(src.shard_counts, np.int64), perm, bounds, c, self.window,
+                                            (self.seed, d, e))
         return self._cache[key]
 
     def stream_length(self, d: int, c: int) -> int:
@@ -177,9 +215,8 @@ class Plan:
             out["epoch"][sel] = epochs
             local = np.empty(len(idx), np.int64)
             for e in np.unique(epochs):
-                ids, bounds = self.epoch(int(di), int(e))
                 m = epochs == e
-                local[m] = ids[bounds[c] + idx[m]]
+                local[m] = self.stream(int(di), int(e), c)[0][idx[m]]
             out["local"][sel] = local
             out["shard"][sel] = np.searchsorted(self.shard_starts[di], local, side="right") - 1
         return out
@@ -204,18 +241,11 @@ class Plan:
     def visits(self, d: int, c: int, e: int) -> dict[str, np.ndarray]:
         """Each shard's span in stream ``c`` of dataset ``d``, epoch ``e``, as global steps: arrays shard,
         first_step, last_step (sorted by first use)."""
-        ids, bounds = self.epoch(d, e)
-        local = ids[bounds[c]:bounds[c + 1]]
-        shard = np.searchsorted(self.shard_starts[d], local, side="right") - 1
-        uniq, first = np.unique(shard, return_index=True)
-        _, last_rev = np.unique(shard[::-1], return_index=True)
-        last = len(shard) - 1 - last_rev
-        base = e * self.stream_length(d, c)
-        order = np.argsort(first, kind="stable")
-        b = self.per_stream
-        return {"shard": uniq[order],
-                "first_step": self.position_to_slot(d, base + first[order]) // b,
-                "last_step": self.position_to_slot(d, base + last[order]) // b}
+        pieces = self.stream(d, e, c)[1]
+        base, b = e * self.stream_length(d, c), self.per_stream
+        return {"shard": pieces["shard"],
+                "first_step": self.position_to_slot(d, base + pieces["first"]) // b,
+                "last_step": self.position_to_slot(d, base + pieces["last"]) // b}
 
     def first_step_of_epoch(self, d: int, c: int, e: int) -> int:
         return int(self.position_to_slot(d, np.int64(e * self.stream_length(d, c)))) // self.per_stream
