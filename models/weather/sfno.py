@@ -40,6 +40,7 @@ class SFNOForecaster(nn.Module):
         if self.residual:
             # a zero tendency at start: the untrained model is exactly persistence
             nn.init.zeros_(self.net.decoder[-1].weight)
+        _store_complex_as_real(self.net)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.predict(batch["inputs"], batch["lead_hours"])
@@ -51,6 +52,26 @@ class SFNOForecaster(nn.Module):
         if self.residual:
             out = out + inputs[:, -1, self.out_in_pos]
         return out
+
+
+class _RealPairs(nn.Module):
+    """Parametrisation: a complex weight stored as two real tensors (real and imaginary part). DeepSpeed
+    flattens parameters into real buffers and rejects complex ones."""
+
+    def forward(self, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+        return torch.complex(real, imag)
+
+    def right_inverse(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return value.real.clone(), value.imag.clone()
+
+
+def _store_complex_as_real(module: nn.Module) -> None:
+    from torch.nn.utils import parametrize
+
+    for sub in list(module.modules()):
+        for name, param in list(sub.named_parameters(recurse=False)):
+            if param.is_complex():
+                parametrize.register_parametrization(sub, name, _RealPairs())
 
 
 def build_sfno(spec: WeatherModelSpec) -> SFNOForecaster:

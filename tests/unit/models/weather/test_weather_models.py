@@ -97,6 +97,12 @@ def test_sfno_baseline_starts_as_persistence_and_builds_on_meta():
         assert next(build_model(spec).parameters()).device.type == "meta"
 
 
+def test_sfno_has_only_real_parameters_for_deepspeed():
+    model = build_model(WeatherModelSpec(variables=VARS, grid=(16, 32), arch="sfno"))
+    assert not any(p.is_complex() for p in model.parameters())
+    assert any("parametrizations" in n for n, _ in model.named_parameters())  # spectral weights kept, as pairs
+
+
 def test_family_loss_metrics_and_example_batch_fit_together():
     spec = _spec(rollout_steps=2)
     batch = FAMILY.example_batch(spec, 3)
