@@ -23,7 +23,17 @@ class MaceModel(nn.Module):
         table = torch.full((spec.max_atomic_number + 1,), -1, dtype=torch.int64)
         table[torch.tensor(zs)] = torch.arange(len(zs))
         self.register_buffer("z_index", table, persistent=False)
-        self.mace = MACE(
+        ambient = torch.get_default_device()
+        # e3nn computes normalisation constants numerically while constructing, so MACE is built on the CPU
+        # and moved to the meta device afterwards when the caller builds under torch.device("meta")
+        with torch.device("cpu"):
+            self.mace = self._build_mace(spec, size, zs)
+        if ambient.type == "meta":
+            self.mace.to("meta")
+
+    @staticmethod
+    def _build_mace(spec: AtomsModelSpec, size: dict, zs: list[int]) -> MACE:
+        return MACE(
             r_max=spec.cutoff, num_bessel=size["num_bessel"], num_polynomial_cutoff=5, max_ell=size["max_ell"],
             interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
             interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
@@ -36,6 +46,8 @@ class MaceModel(nn.Module):
     def set_reference_energies(self, energies: torch.Tensor) -> None:
         """Per-element energies indexed by atomic number -> MACE's E0s."""
         buf = self.mace.atomic_energies_fn.atomic_energies
+        if buf.device.type == "meta":  # shapes only: nothing to set
+            return
         zs = torch.nonzero(self.z_index >= 0).squeeze(-1)
         buf.copy_(energies[zs].to(buf.dtype).reshape(buf.shape))
 

@@ -37,3 +37,18 @@ def test_generate_writes_shards_with_stats(tmp_path):
     assert "n_atoms" in manifest.meta_fields
     with pytest.raises(ValueError, match="unknown structure kinds"):
         generate(str(tmp_path / "bad"), 1, mix={"liquid": 1.0}, progress=False)
+
+
+def test_cli_module_interface(tmp_path, capsys):
+    import argparse
+
+    from data.generators import emt
+
+    parser = argparse.ArgumentParser()
+    emt.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "cli"), "--num", "3", "--max-atoms", "4", "--md-steps", "1",
+                              "--mix", "bulk=1,md=1"])
+    assert emt.run(args) == 0
+    assert "wrote 3 structures" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not NAME=WEIGHT"):
+        emt.run(parser.parse_args(["--out", str(tmp_path / "x"), "--mix", "bulk"]))

@@ -105,3 +105,14 @@ def test_mace_baseline_runs_in_the_same_format():
     model.eval(), shifted.eval()
     diff = model(batch)["energy"] - shifted(batch)["energy"]
     torch.testing.assert_close(diff, -batch["n_atoms"].float(), atol=1e-4, rtol=1e-5)
+
+
+def test_mace_medium_matches_mace_mp_size_on_meta():
+    pytest.importorskip("mace")
+    from models.atoms.config import ELEMENTS
+
+    with torch.device("meta"):
+        model = build_model(AtomsModelSpec(family="atoms", arch="mace", size="medium", elements=ELEMENTS[1:90]))
+    # MACE-MP medium: 128x0e+128x1o, 89 elements -> 4.69M parameters
+    assert sum(p.numel() for p in model.parameters()) == 4_688_400
+    assert next(model.parameters()).device.type == "meta"
