@@ -17,8 +17,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("orchestrator", "trainers", "models", "data")
 
 
-class Stopped(Exception):
-    """The driver received SIGTERM/SIGINT (e.g. `sciscale stop` or Ctrl-C)."""
+class Stopped(KeyboardInterrupt):
+    """The driver received SIGTERM/SIGINT (e.g. `sciscale stop` or Ctrl-C). A KeyboardInterrupt, so that no
+    ``except Exception`` on the way (Ray's polling loop) swallows it and Ray aborts the run as on Ctrl-C."""
 
 
 def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None, in_cluster: bool = False,
@@ -40,12 +41,15 @@ def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: boo
     """Drive the training on a Ray instance from this process; the MLflow status follows the outcome."""
     import ray
 
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {}
     try:
         if not ray.is_initialized():
-            address = "auto" if connect_existing else os.environ.get("RAY_ADDRESS")
-            ray.init(address=address, runtime_env=worker_env(), log_to_driver=True,
-                     configure_logging=True, logging_level="WARNING")
+            if connect_existing:  # inside a Ray job: the job's runtime env already carries the project
+                ray.init(address="auto", logging_level="WARNING")
+            else:
+                ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=worker_env(), logging_level="WARNING")
+        # after ray.init, which installs handlers of its own
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         from trainers.ray_job import fit
 
         result = fit(spec, record)

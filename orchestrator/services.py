@@ -254,7 +254,7 @@ def start_mlflow_server(workdir: str | os.PathLike, backend_uri: str | None = No
 
 
 def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port: int | None = None,
-                   dashboard_port: int | None = None) -> Service:
+                   dashboard_port: int | None = None, resources: dict[str, float] | None = None) -> Service:
     """A Ray head (``ray start --head --block``) in its own process group; endpoint = Job API URL."""
     workdir = Path(workdir).resolve()
     port = port or free_port()
@@ -264,12 +264,21 @@ def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port
             f"--temp-dir={Path('/tmp') / ('ray-' + str(port))}", "--disable-usage-stats"]
     if num_cpus is not None:
         argv.append(f"--num-cpus={num_cpus}")
-    proc = _spawn("ray", argv, workdir)
+    if resources:
+        argv.append(f"--resources={json.dumps(resources)}")
+    # Ray >= 2.5x turns token auth on by itself once any local ray.init() wrote ~/.ray/auth_token; this head
+    # listens on loopback only, so auth stays off and clients need RAY_AUTH_MODE=disabled too (ray_client_env).
+    proc = _spawn("ray", argv, workdir, env=ray_client_env())
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     wait_http(dashboard + "/api/version", proc, "Ray head", workdir / "ray.log", timeout=300,
               ok=lambda status, body: status == 200)
     return Service("ray", proc.pid, dashboard, str(workdir / "ray.log"),
                    extra={"gcs_address": f"127.0.0.1:{port}"}, _proc=proc)
+
+
+def ray_client_env() -> dict[str, str]:
+    """Environment for processes that talk to a head from start_ray_head."""
+    return {"RAY_AUTH_MODE": "disabled"}
 
 
 def save_services(path: str | os.PathLike, services: list[Service]) -> None:

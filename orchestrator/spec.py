@@ -82,6 +82,12 @@ class TrainSpec(BaseModel):
     re-initialised and listed."""
     freeze: list[str] = Field(default_factory=list)
     """Parameter-name prefixes to freeze (not trained), e.g. ["encoder."] when fine-tuning."""
+    audit_samples: bool = False
+    """Write a hash of every step's global batch of sample ids to RUNS_ROOT/RUN_ID/sciscale/samples/ (to check
+    that resumed and resized runs see exactly the samples of an uninterrupted run)."""
+    nonfinite: Literal["skip", "rollback", "fail"] = "skip"
+    """A non-finite loss: skip that micro-batch (no gradient), roll back to the last checkpoint and skip the
+    batch (needs distributed.max_failures >= 1), or fail the run. Skipped batches are counted in metrics."""
 
 
 class WorkersRange(BaseModel):
@@ -124,6 +130,12 @@ class DistributedSpec(BaseModel):
     """Worker-group restarts from the latest checkpoint before the run fails."""
     timeout_s: int = Field(default=1800, ge=10)
     """Collective-operation timeout in seconds."""
+    resize_check_s: float = Field(default=60.0, ge=1.0)
+    """Elastic runs: seconds between checks whether more workers fit; growing restarts the group from the
+    latest checkpoint at the larger world size."""
+    preemption_check_every: int = Field(default=10, ge=0)
+    """Steps between checks for a node preemption notice (a barrier over workers); on a notice the run
+    checkpoints at once, so the grace period must exceed this many steps plus one checkpoint (0: off)."""
 
     @field_validator("resources_per_worker")
     @classmethod
@@ -239,6 +251,9 @@ class JobSpec(BaseModel):
                 f"be kept ({batch_problem(self, bad[0])}); valid world sizes "
                 f"up to 64: {valid_world_sizes(self) or 'none'}. Hint: make the global batch a multiple of "
                 "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
+        if self.train.nonfinite == "rollback" and self.distributed.max_failures < 1:
+            raise ValueError("train.nonfinite=rollback restarts the workers from the last checkpoint: set "
+                             "distributed.max_failures >= 1")
         if self.train.eval_every and not self.data.val:
             raise ValueError(f"train.eval_every={self.train.eval_every} needs data.val datasets (none given)")
         return self

@@ -118,7 +118,7 @@ def _index(node: list, key: str, trail: list[str], source: str) -> int:
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True) -> JobSpec:
     """Read, override and validate a spec; raise SpecError with every problem found."""
     raw = apply_overrides(read_yaml(path), overrides or [])
-    spec = validate_spec(raw, str(path))
+    spec = absolutize(validate_spec(raw, str(path)))
     if check_files:
         problems = missing_files(spec)
         if problems:
@@ -224,6 +224,22 @@ def missing_files(spec: JobSpec) -> list[tuple[str, Any, str]]:
     if init and _local_path(init) is not None and not _local_path(init).exists():
         problems.append(("train.init_from", init, "file or directory not found"))
     return problems
+
+
+def absolutize(spec: JobSpec) -> JobSpec:
+    """Relative local paths (data URLs, runs root, init_from) are taken from the current directory and made
+    absolute, because Ray workers run in directories of their own."""
+    for source in [*spec.data.train, *spec.data.val]:
+        local = _local_path(source.url)
+        if local is not None and not local.is_absolute():
+            source.url = str(local.resolve())
+    root = _local_path(spec.storage.runs_root)
+    if root is not None and not root.is_absolute():
+        spec.storage.runs_root = str(root.resolve())
+    init = spec.train.init_from
+    if init and _local_path(init) is not None and not _local_path(init).is_absolute():
+        spec.train.init_from = str(_local_path(init).resolve())
+    return spec
 
 
 def _local_path(url: str) -> Path | None:

@@ -16,7 +16,8 @@ def scaling_config(spec: JobSpec):
     resources = dict(d.resources_per_worker)
     if d.use_gpu:
         resources.setdefault("GPU", 1)
-    return ScalingConfig(num_workers=workers, use_gpu=d.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=workers, use_gpu=d.use_gpu, resources_per_worker=resources,
+                         elastic_resize_monitor_interval_s=d.resize_check_s)
 
 
 def storage(record: RunRecord, spec: JobSpec):

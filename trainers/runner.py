@@ -13,7 +13,8 @@ import torch.distributed as dist
 
 from models import load_family
 from orchestrator.spec import JobSpec
-from trainers import ds, weights
+from trainers import checkpoint, ds, weights
+from trainers import resilience
 from trainers.tracking import MetricLogger, NullLogger
 
 
@@ -28,6 +29,11 @@ class Runner:
         self.step = 0
         self._grad_norm = 0.0
         self.resumed_data_state = None
+        self.resumed_world_size = world_size
+        self.nonfinite_skipped = 0
+        self._preemption_saved = False
+        self._audit_lines: list[dict] = []
+        self.skip_steps = resilience.read_skip_steps(run) if run.get("runs_root") else set()
         self.iteration_s: list[float] = []
         self.logging_s = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
@@ -42,6 +48,12 @@ class Runner:
         model = self.family.build_model(spec.model)
         if spec.distributed.activation_checkpointing and hasattr(model, "activation_checkpointing"):
             model.activation_checkpointing = True
+        if self.family.prepare_model is not None:
+            from data.format import read_manifest
+            from data.storage import storage_options
+
+            url = spec.data.train[0].url
+            self.family.prepare_model(model, spec.model, read_manifest(url, storage_options(url, spec.data.storage)))
         if spec.train.init_from:
             report = weights.load_initial(model, spec.train.init_from)
             self._log_init_report(report)
@@ -88,29 +100,26 @@ class Runner:
     # ----------------------------------------------------------------------------------------------- state
     def save_state(self, directory: str) -> None:
         """DeepSpeed checkpoint + trainer state (step, data position, RNG) into ``directory``."""
-        tag = f"step{self.step}"
-        client_state = {"step": self.step, "data": self.train_loader.state(self.step) if self.train_loader else None}
-        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
-                   os.path.join(directory, tag, f"rng_rank{self.rank}.pt"))
+        data_state = self.train_loader.state(self.step) if self.train_loader else None
+        checkpoint.save(self.engine, directory, self.step, self.rank, self.world,
+                        self.spec.distributed.zero_stage, data_state)
 
     def load_state(self, directory: str) -> None:
-        _, client_state = self.engine.load_checkpoint(directory)
-        self.step = int(client_state["step"])
-        self.resumed_data_state = client_state.get("data")
-        rng_file = os.path.join(directory, f"step{self.step}", f"rng_rank{self.rank}.pt")
-        if os.path.exists(rng_file):  # absent after a change of world size
-            rng = torch.load(rng_file, weights_only=False)
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+        """Everything back from ``directory``, at this world size (resharded if it changed)."""
+        state = checkpoint.load(self.engine, directory, self.rank, self.world)
+        self.step = int(state["step"])
+        self.resumed_data_state = state.get("data")
+        self.resumed_world_size = int(state["world_size"])
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self) -> dict:
-        checkpoint = self.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
+        latest = self.get_checkpoint()
+        if latest is not None:
+            with latest.as_directory() as directory:
                 self.load_state(directory)
-            print(f"[rank {self.rank}] resumed from step {self.step}")
+            print(f"[rank {self.rank}] resumed from step {self.step} (saved at world size "
+                  f"{self.resumed_world_size}, now {self.world})", flush=True)
+        self._record_attempt()
         from data.loader import build_loader
 
         self.train_loader = build_loader(self.spec.data, self.spec.data.train, split="train",
@@ -129,6 +138,11 @@ class Runner:
         last: dict = {}
         while self.step < t.max_steps:
             started = time.perf_counter()
+            if self.step + 1 in self.skip_steps:  # rolled back after a non-finite loss: this batch is skipped
+                next(batches)
+                self.step += 1
+                self.nonfinite_skipped += 1
+                continue
             loss, step_time, wait = self._train_step(batches)
             self.step += 1
             window.append((loss, step_time, wait))
@@ -138,6 +152,8 @@ class Runner:
             if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
                 last.update(self.evaluate())
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
+                self._checkpoint(last)
+            elif self._preempted():
                 self._checkpoint(last)
             self.iteration_s.append(time.perf_counter() - started)  # read by benchmarks/trainer_overhead.py
         last.update(self.evaluate(final=True))
@@ -151,10 +167,15 @@ class Runner:
         wait = time.perf_counter() - start
         total = 0.0
         self.engine.train()
+        if self.spec.train.audit_samples:
+            self._audit(torch.cat([b["sample_id"] for b in micro_batches]))
         for i, batch in enumerate(micro_batches):
             batch = _to_device(batch, self.engine.device)
             outputs = self.engine(batch)
             loss = self.family.loss(outputs, batch, self.spec.model)
+            if not self._finite(loss):
+                # policy "skip": a backward of exact zeros keeps DeepSpeed's accumulation and reduction in step
+                loss = sum(p.sum() for p in self.engine.module.parameters() if p.requires_grad) * 0.0
             self.engine.backward(loss)
             if i == len(micro_batches) - 1 and self.spec.distributed.zero_stage == 0:
                 self._grad_norm = _local_grad_norm(self.engine.module)  # ZeRO-0 does not record it
@@ -175,6 +196,8 @@ class Runner:
             "train/step_time_s": step_time,
             "train/samples_per_s": self.spec.train.global_batch_size / step_time,
             "train/data_wait_frac": sum(w[2] for w in window) / max(1e-12, sum(w[1] for w in window)),
+            "train/nonfinite_skipped": float(self.nonfinite_skipped),
+            "sys/world_size": float(self.world),
         }
         started = time.perf_counter()
         self.logger.log(metrics, self.step)
@@ -183,6 +206,59 @@ class Runner:
             print(f"step {self.step}: " + " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()),
                   flush=True)
         return metrics
+
+    def _audit(self, ids: torch.Tensor) -> None:
+        """Record a hash of the global batch's sample ids for this step (train.audit_samples)."""
+        import hashlib
+
+        parts: list = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(parts, ids.tolist())
+        else:
+            parts = [ids.tolist()]
+        if self.rank == 0:
+            merged = sorted(i for part in parts for i in part)
+            digest = hashlib.sha256(np.asarray(merged, dtype=np.int64).tobytes()).hexdigest()[:16]
+            self._audit_lines.append({"step": self.step + 1, "ids": digest, "world_size": self.world})
+
+    def _flush_audit(self) -> None:
+        if self.rank != 0 or not self._audit_lines:
+            return
+        resilience.write_audit(self.run_info, self._audit_lines)
+        self._audit_lines = []
+
+    def _finite(self, loss) -> bool:
+        """All ranks agree whether this micro-batch's loss is finite; act on the spec's policy if not."""
+        flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+        if self.world > 1:
+            dist.all_reduce(flag)
+        if flag.item() == 0:
+            return True
+        policy = self.spec.train.nonfinite
+        if policy == "fail":
+            raise FloatingPointError(f"non-finite loss at step {self.step + 1} (train.nonfinite: fail)")
+        if policy == "rollback":
+            if self.rank == 0:
+                resilience.add_skip_step(self.run_info, self.step + 1)
+            dist.barrier() if self.world > 1 else None
+            raise resilience.RollBack(f"non-finite loss at step {self.step + 1}: rolling back to the last "
+                                      "checkpoint and skipping this batch")
+        self.nonfinite_skipped += 1
+        return False
+
+    def _preempted(self) -> bool:
+        every = self.spec.distributed.preemption_check_every
+        if not every or self.step % every or self._preemption_saved:
+            return False
+        if resilience.preemption_notice() is None:
+            return False
+        self._preemption_saved = True
+        print(f"[rank {self.rank}] preemption notice: checkpointing at step {self.step}", flush=True)
+        return True
+
+    def _record_attempt(self) -> None:
+        if isinstance(self.logger, MetricLogger):
+            resilience.record_attempt(self.logger, self.step, self.world, self.resumed_world_size)
 
     # ----------------------------------------------------------------------------------------------- eval
     @torch.no_grad()
@@ -246,6 +322,7 @@ class Runner:
 
     # ----------------------------------------------------------------------------------------------- output
     def _checkpoint(self, metrics: dict) -> None:
+        self._flush_audit()
         with tempfile.TemporaryDirectory(prefix="sciscale-ckpt-") as directory:
             self.save_state(directory)
             self.report({**metrics, "step": self.step}, checkpoint_dir=directory)

@@ -6,8 +6,13 @@ appends to a list under a lock.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
+from pathlib import Path
+
+SPOOL_DIR = Path(os.environ.get("SCISCALE_SPOOL_DIR", Path.home() / ".cache" / "sciscale" / "spool"))
 
 
 class MetricLogger:
@@ -24,12 +29,17 @@ class MetricLogger:
         self._wake = threading.Event()
         self._closed = False
         self.failures = 0
+        self.logged_through = -1  # steps <= this were logged by an earlier attempt (rolled back, replayed)
+        self.spool = SPOOL_DIR / f"{run_id}.jsonl"
+        self._replay_spool()
         self._thread = threading.Thread(target=self._loop, name="mlflow-metrics", daemon=True)
         self._thread.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_through:
+            return  # policy: the first recorded value of a step stays; replayed steps are not logged twice
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         with self._lock:
@@ -58,12 +68,44 @@ class MetricLogger:
                     self._pending[:0] = batch[i:]
                 return
 
+    def skip_through(self, resumed_step: int) -> None:
+        """After a resume at ``resumed_step``: do not log again the steps an earlier attempt already logged."""
+        try:
+            history = self.client.get_metric_history(self.run_id, "train/loss")
+        except Exception:  # noqa: BLE001 - tracking down: replayed steps may then be logged twice
+            history = []
+        self.logged_through = max([resumed_step] + [m.step for m in history])
+
     def close(self) -> None:
-        """Upload everything still queued, then stop the thread."""
+        """Upload everything still queued, then stop the thread; what cannot be sent goes to the disk spool."""
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=60)
         self._flush()
+        with self._lock:
+            left, self._pending = self._pending, []
+        if left:
+            self._write_spool(left)
+
+    def _write_spool(self, metrics: list) -> None:
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool, "a") as f:
+            for m in metrics:
+                f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+        print(f"MLflow unreachable: {len(metrics)} metric points kept in {self.spool}; they are sent by the next "
+              "run attempt", flush=True)
+
+    def _replay_spool(self) -> None:
+        """Metrics a previous attempt could not send (tracking outage at its end) go first."""
+        if not self.spool.exists():
+            return
+        from mlflow.entities import Metric
+
+        with open(self.spool) as f:
+            items = [Metric(*json.loads(line)) for line in f if line.strip()]
+        self.spool.unlink()
+        with self._lock:
+            self._pending[:0] = items
 
 
 class NullLogger:

@@ -76,4 +76,5 @@ FAMILY = Family(
     example_batch=example_batch,
     median_metrics=("force_mae_mev_a",),
     plots=plots,
+    prepare_model=prepare_model,
 )

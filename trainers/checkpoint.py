@@ -1,0 +1,72 @@
+"""DeepSpeed checkpoints plus trainer state, loadable at any world size.
+
+A checkpoint directory holds ``stepN/`` (DeepSpeed's files), ``latest``, ``stepN/rng_rank{r}.pt`` and
+``trainer_state.json`` (step, world size, ZeRO stage, the data loader's resume state). Ray Train commits the
+directory only after every rank has reported it, so a crash mid-save leaves the previous one the latest.
+When the world size differs from the one that saved (elastic scaling), ZeRO-partitioned state is converted
+with DeepSpeed's universal checkpointing (``ds_to_universal``) and loaded with ``load_universal``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.json"
+
+
+def save(engine, directory: str, step: int, rank: int, world: int, zero_stage: int, data_state: dict | None) -> None:
+    tag = f"step{step}"
+    state = {"step": step, "world_size": world, "zero_stage": zero_stage, "data": data_state}
+    engine.save_checkpoint(directory, tag=tag, client_state={"step": step, "data": data_state})
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+               os.path.join(directory, tag, f"rng_rank{rank}.pt"))
+    if rank == 0:
+        with open(os.path.join(directory, STATE_FILE), "w") as f:
+            json.dump(state, f)
+
+
+def read_state(directory: str) -> dict:
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {directory} has no {STATE_FILE}; it was not written by sciscale")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load(engine, directory: str, rank: int, world: int) -> dict:
+    """Load model, optimizer, schedule and RNG; returns the trainer state (step, data, world_size)."""
+    state = read_state(directory)
+    tag = f"step{state['step']}"
+    if state["world_size"] != world and state["zero_stage"] > 0:
+        with tempfile.TemporaryDirectory(prefix="sciscale-universal-") as tmp:
+            _to_universal(os.path.join(directory, tag), os.path.join(tmp, tag))
+            engine._config.load_universal_checkpoint = True  # set in config only at initialize otherwise
+            try:
+                engine.load_checkpoint(tmp, tag=tag)
+            finally:
+                engine._config.load_universal_checkpoint = False
+    else:
+        engine.load_checkpoint(directory, tag=tag)
+    rng_file = os.path.join(directory, tag, f"rng_rank{rank}.pt")
+    if state["world_size"] == world and os.path.exists(rng_file):  # per-rank RNG only means something at equal W
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+    return state
+
+
+def _to_universal(source: str, target: str) -> None:
+    """DeepSpeed's converter, in a subprocess (it spawns its own worker pool)."""
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", source,
+           "--output_folder", target, "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR":
+                                                                    os.environ.get("DS_ACCELERATOR", "cpu")})
+    if proc.returncode != 0:
+        raise RuntimeError(f"converting {source} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")

@@ -1,0 +1,83 @@
+"""Failure handling inside a worker: attempt records, rolled-back batches, preemption notices."""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+class RollBack(RuntimeError):
+    """Raised on every rank to restart the worker group from the last checkpoint (train.nonfinite=rollback)."""
+
+
+def _skip_file(run: dict):
+    from orchestrator.runs import runs_fs
+
+    fs, root = runs_fs(run["runs_root"])
+    return fs, f"{root}/{run['run_id']}/sciscale/skip_steps.json"
+
+
+def read_skip_steps(run: dict) -> set[int]:
+    """Steps whose batch is skipped because a non-finite loss rolled the run back there."""
+    fs, path = _skip_file(run)
+    if not fs.exists(path):
+        return set()
+    with fs.open(path, "r") as f:
+        return set(json.load(f))
+
+
+def add_skip_step(run: dict, step: int) -> None:
+    fs, path = _skip_file(run)
+    steps = sorted(read_skip_steps(run) | {step})
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(steps, f)
+
+
+def preemption_notice():
+    """Ray Train's preemption info (a barrier over workers), or None when Ray offers none."""
+    try:
+        import ray.train
+
+        return ray.train.get_preemption_info()
+    except (AttributeError, RuntimeError):  # outside a Ray Train worker (tests, benchmarks)
+        return None
+
+
+def record_attempt(logger, step: int, world: int, saved_world: int) -> None:
+    """One tag per worker-group start: when, from which step, at which world size (restarts, resizes)."""
+    client, run_id = logger.client, logger.run_id
+    tags = client.get_run(run_id).data.tags
+    starts = sorted(k for k in tags if k.startswith("sciscale.group_start."))
+    n = len(starts)
+    cause = "first start" if n == 0 and step == 0 else ("resized" if saved_world != world else "restart")
+    client.set_tag(run_id, f"sciscale.group_start.{n:03d}",
+                   f"{time.strftime('%Y-%m-%dT%H:%M:%S')} step={step} world_size={world} cause={cause}")
+    client.set_tag(run_id, "sciscale.group_starts", str(n + 1))
+    logger.skip_through(step)
+
+
+def write_audit(run: dict, lines: list[dict]) -> None:
+    """Append audit lines as a new object (object stores have no append): samples/steps-FIRST-LAST.jsonl."""
+    from orchestrator.runs import runs_fs
+
+    fs, root = runs_fs(run["runs_root"])
+    base = f"{root}/{run['run_id']}/sciscale/samples"
+    fs.makedirs(base, exist_ok=True)
+    name = f"{base}/steps-{lines[0]['step']:09d}-{lines[-1]['step']:09d}-{int(time.time() * 1000)}.jsonl"
+    with fs.open(name, "w") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def read_audit(runs_root: str, run_id: str) -> dict[int, str]:
+    """step -> sample-id hash; a replayed step keeps its latest record."""
+    from orchestrator.runs import runs_fs
+
+    fs, root = runs_fs(runs_root)
+    out: dict[int, str] = {}
+    for path in sorted(fs.glob(f"{root}/{run_id}/sciscale/samples/*.jsonl"), key=lambda p: p.rsplit("-", 1)[-1]):
+        with fs.open(path, "r") as f:
+            for line in f:
+                record = json.loads(line)
+                out[record["step"]] = record["ids"]
+    return out
