@@ -18,7 +18,13 @@ def service_dir(tmp_path_factory):
 def ray_head(service_dir):
     """`ray start --head` on loopback; 4 logical CPUs so a job driver and 2 workers fit on 2 cores."""
     head = services.start_ray_head(service_dir / "ray", num_cpus=4)
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ.update(services.ray_client_env())
     yield head
+    if old is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = old
     head.stop()
 
 
