@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch_harmonics.examples.models._layers import SpectralConvS2
 
 from models.weather.config import SFNO_SIZES, WeatherModelSpec
 
@@ -54,24 +55,26 @@ class SFNOForecaster(nn.Module):
         return out
 
 
-class _RealPairs(nn.Module):
-    """Parametrisation: a complex weight stored as two real tensors (real and imaginary part). DeepSpeed
-    flattens parameters into real buffers and rejects complex ones."""
-
-    def forward(self, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
-        return torch.complex(real, imag)
-
-    def right_inverse(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return value.real.clone(), value.imag.clone()
-
-
 def _store_complex_as_real(module: nn.Module) -> None:
-    from torch.nn.utils import parametrize
+    """DeepSpeed flattens parameters into real buffers and rejects complex ones: keep each spectral weight
+    as its real and imaginary parts (the module class swap keeps the model picklable for MLflow export)."""
+    for sub in module.modules():
+        if type(sub) is SpectralConvS2:
+            weight = sub._parameters.pop("weight")
+            sub.__class__ = _RealPairSpectralConv
+            sub.weight_real = nn.Parameter(weight.detach().real.clone())
+            sub.weight_imag = nn.Parameter(weight.detach().imag.clone())
+    left = [n for n, p in module.named_parameters() if p.is_complex()]
+    if left:
+        raise TypeError(f"SFNO: complex parameters {left} remain; DeepSpeed cannot flatten them")
 
-    for sub in list(module.modules()):
-        for name, param in list(sub.named_parameters(recurse=False)):
-            if param.is_complex():
-                parametrize.register_parametrization(sub, name, _RealPairs())
+
+class _RealPairSpectralConv(SpectralConvS2):
+    """torch-harmonics' spectral convolution with its complex weight stored as two real parameters."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.complex(self.weight_real, self.weight_imag)
 
 
 def build_sfno(spec: WeatherModelSpec) -> SFNOForecaster:
