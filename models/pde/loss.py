@@ -10,19 +10,28 @@ import torch
 
 from models.pde.config import PdeModelSpec
 
-_EPS = 1e-10
+FLOOR = 1e-2
 
 
-def relative_l1(pred: torch.Tensor, target: torch.Tensor, groups: list[int]) -> torch.Tensor:
-    """Per-example mean over channel groups of ||pred - target||_1 / ||target||_1; [b, C, H, W] -> [b]."""
+def relative_l1(pred: torch.Tensor, target: torch.Tensor, groups: list[int],
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example mean over channel groups of ||pred - target||_1 / ||target||_1; [b, C, H, W] -> [b].
+
+    The denominator is floored at FLOOR x (number of values) x (the group's channel scale; ``scale`` [b, C],
+    default 1 = normalised units): a target that is identically zero (e.g. u_t = 0 at t = 0) would otherwise
+    give errors of 1e10 %. Targets with mean |value| above 1% of their scale are unaffected.
+    """
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
     if sum(groups) != pred.shape[1]:
         raise ValueError(f"channel groups {groups} do not sum to the {pred.shape[1]} predicted channels; "
                          "fix model.channel_groups")
+    scale = torch.ones(pred.shape[:2], dtype=pred.dtype, device=pred.device) if scale is None else scale
     errors = []
-    for err, ref in zip(torch.split((pred - target).abs(), groups, 1), torch.split(target.abs(), groups, 1)):
-        errors.append(err.flatten(1).sum(1) / (ref.flatten(1).sum(1) + _EPS))
+    for err, ref, sc in zip(torch.split((pred - target).abs(), groups, 1), torch.split(target.abs(), groups, 1),
+                            torch.split(scale.to(pred.dtype), groups, 1)):
+        floor = FLOOR * ref[0].numel() * sc.mean(1)
+        errors.append(err.flatten(1).sum(1) / torch.maximum(ref.flatten(1).sum(1), floor))
     return torch.stack(errors, 1).mean(1)
 
 
@@ -43,11 +52,12 @@ def metrics(outputs: torch.Tensor, batch: dict, spec: PdeModelSpec) -> dict[str,
     """Per-example relative L1 (%) of the model and, when input and output channels agree, of the
     persistence baseline (predict the input unchanged)."""
     target = denormalise(batch["y"].float(), batch)
-    out = {"rel_l1": 100 * relative_l1(denormalise(outputs.detach().float(), batch), target, spec.groups),
+    std = batch["std"][:, : target.shape[1]].float()
+    out = {"rel_l1": 100 * relative_l1(denormalise(outputs.detach().float(), batch), target, spec.groups, std),
            "lead_time": batch["lead_time"].float().reshape(-1)}
     if batch["x"].shape[1] >= target.shape[1]:  # outputs are the first input channels
         persisted = denormalise(batch["x"][:, : target.shape[1]].float(), batch)
-        out["persistence_rel_l1"] = 100 * relative_l1(persisted, target, spec.groups)
+        out["persistence_rel_l1"] = 100 * relative_l1(persisted, target, spec.groups, std)
     return out
 
 
@@ -67,6 +77,7 @@ def lead_time_errors(model, batch: dict, spec: PdeModelSpec) -> dict[str, list[f
     state, can_roll = x0, out_c <= x0.shape[1]
     if not can_roll:  # outputs cannot be fed back as inputs, and there is no persistence baseline
         del result["rollout"], result["persistence"]
+    std = batch["std"][:, :out_c].float()
     for k in range(traj.shape[1]):
         target = denormalise(traj[:, k, :out_c].float(), batch)
         direct = model({**batch, "x": x0, "lead_time": leads[:, k] - leads[:, 0]})
@@ -75,6 +86,6 @@ def lead_time_errors(model, batch: dict, spec: PdeModelSpec) -> dict[str, list[f
         for name, pred in (("direct", direct), ("rollout", state[:, :out_c]), ("persistence", x0[:, :out_c])):
             if name not in result:
                 continue
-            err = relative_l1(denormalise(pred.float(), batch), target, spec.groups)
+            err = relative_l1(denormalise(pred.float(), batch), target, spec.groups, std)
             result[name].append(100 * float(err.mean()))
     return result

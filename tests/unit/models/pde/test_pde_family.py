@@ -107,6 +107,15 @@ def test_relative_l1_groups():
     assert relative_l1(pred, target, [3]).item() == pytest.approx(1 / 3)
 
 
+def test_relative_l1_floors_an_identically_zero_target():
+    target = torch.zeros(2, 1, 4, 4)
+    target[1] = 3.0
+    pred = target + 0.5
+    err = relative_l1(pred, target, [1], scale=torch.tensor([[2.0], [2.0]]))
+    # zero target: 0.5 / (1% of scale 2) = 25; the non-zero target is unaffected: 0.5 / 3
+    torch.testing.assert_close(err, torch.tensor([25.0, 0.5 / 3]))
+
+
 def test_fno_builds_on_meta_device():
     with torch.device("meta"):
         model = load_family("pde").build_model(_spec(size="T"))
