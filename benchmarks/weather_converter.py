@@ -53,7 +53,8 @@ def main() -> None:
                             history=args.history, leads=leads)
         elapsed = time.perf_counter() - start
     m = manifests["train"]
-    print(f"{'grid':>8} {'vars':>5} {'frames/sample':>14} {'samples':>8} {'seconds':>8} {'samples/s':>10} {'MB/s out':>9}")
+    print(f"{'grid':>8} {'vars':>5} {'frames/sample':>14} {'samples':>8} {'seconds':>8} {'samples/s':>10} "
+          f"{'MB/s out':>9}")
     print(f"{args.grid:>8} {len(variables):>5} {args.history + len(leads):>14} {m.num_samples:>8} {elapsed:>8.2f} "
           f"{m.num_samples / elapsed:>10.1f} {m.total_bytes() / elapsed / 1e6:>9.1f}")
 

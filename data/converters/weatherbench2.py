@@ -2,9 +2,9 @@
 
 Every sample is one forecast window: ``inputs`` [history, V, H, W] (the input steps, oldest first) and
 ``targets`` [leads, V, H, W] (the fields at each lead after the last input step), float32 in physical units,
-and ``time`` = the last input step in hours since 1970-01-01 (a field and a meta field). A window is kept only if every time it
-needs is in the store and inside its split's time range, so windows never span a gap (e.g. between
-generated trajectories), a split boundary, or two shards (each sample is self-contained).
+and ``time`` = the last input step in hours since 1970-01-01 (a field and a meta field). A window is kept
+only if every time it needs is in the store and inside its split's time range, so windows never span a gap
+(e.g. between generated trajectories), a split boundary, or two shards (each sample is self-contained).
 
 Grids are brought to one orientation: latitude descending (north first, as ERA5) and longitude in
 [0, 360) ascending, whatever the store uses. The manifest attrs hold variables, lat, lon, leads, the

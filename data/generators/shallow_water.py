@@ -165,7 +165,8 @@ def _galewsky(sw, rng: np.random.Generator) -> torch.Tensor:
     u = torch.where(inside, (umax / en) * torch.exp(1.0 / ((lat_h - phi0) * (lat_h - phi1)).clamp(max=-1e-9)), 0.0)
     lon0, lat_b = rng.uniform(0, 2 * math.pi), (phi0 + phi1) / 2
     dlon = torch.remainder(lons - lon0 + math.pi, 2 * math.pi) - math.pi
-    bump = rng.uniform(60, 180) * torch.cos(lats) * torch.exp(-(dlon * 3.0) ** 2) * torch.exp(-((lat_b - lat_h) ** 2) * 15.0)
+    shape = torch.exp(-(dlon * 3.0) ** 2) * torch.exp(-((lat_b - lat_h) ** 2) * 15.0)
+    bump = rng.uniform(60, 180) * torch.cos(lats) * shape
     return _balanced(sw, torch.stack((u, torch.zeros_like(u))), bump)
 
 
@@ -210,9 +211,12 @@ def _to_dataset(fields: dict, solver: _Solver, first: pd.Timestamp, latitude_ord
             data[name] = (("time", "level", "latitude", "longitude"), values[:, None].astype(np.float32), attrs)
     coords = {
         "time": ("time", times, {"long_name": "time", "standard_name": "time"}),
-        "level": ("level", np.array([_LEVEL_HPA], dtype=np.int64), {"units": "millibars", "long_name": "pressure_level"}),
-        "latitude": ("latitude", lat.astype(np.float32), {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}),
-        "longitude": ("longitude", solver.lon.astype(np.float32), {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}),
+        "level": ("level", np.array([_LEVEL_HPA], dtype=np.int64),
+                  {"units": "millibars", "long_name": "pressure_level"}),
+        "latitude": ("latitude", lat.astype(np.float32),
+                     {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}),
+        "longitude": ("longitude", solver.lon.astype(np.float32),
+                      {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}),
     }
     attrs = {"Conventions": "CF-1.8", "title": "sciscale shallow-water reanalysis-like fields",
              "source": "torch-harmonics ShallowWaterSolver (spectral, rotating sphere), sampled 6-hourly"}

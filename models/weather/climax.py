@@ -156,7 +156,8 @@ def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
 
 def _sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
     """[1, h*w, dim]: half of the channels encode the row, half the column (as in MAE/ClimaX)."""
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
     emb = torch.cat([_sincos_1d(dim // 2, rows.flatten()), _sincos_1d(dim // 2, cols.flatten())], dim=1)
     return emb[None]
 

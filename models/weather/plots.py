@@ -59,7 +59,8 @@ def plots(model, batch: dict, outputs, spec: WeatherModelSpec) -> dict:
         forecast = rollout(model, batch, spec)
     finally:
         model.train(was_training)
-    figures = {f"maps_{i}": _map_figure(forecast[i, 0], batch, i, spec) for i in range(min(_MAP_EXAMPLES, len(forecast)))}
+    shown = range(min(_MAP_EXAMPLES, len(forecast)))
+    figures = {f"maps_{i}": _map_figure(forecast[i, 0], batch, i, spec) for i in shown}
     figures["rmse_vs_lead"] = _rmse_figure(rmse_by_lead(forecast, batch, spec), spec)
     return figures
 
