@@ -30,6 +30,9 @@ class PairTransform:
         self.lead_scale = spec.lead_time_scale
         self.eval = split == "val" or attrs.get("split") == "val"
 
+    def normalise(self, field: np.ndarray) -> np.ndarray:
+        return ((field - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
+
     def kept(self, n_times: int) -> np.ndarray:
         last = n_times - 1 if self.max_index is None else min(self.max_index, n_times - 1)
         idx = np.arange(0, last + 1, self.stride)
@@ -48,7 +51,7 @@ class PairTransform:
             first, second = np.triu_indices(len(idx))
             k = int(rng.integers(len(first)))
             i, j = idx[first[k]], idx[second[k]]
-        norm = lambda a: ((a - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)
+        norm = self.normalise
         example = {"x": norm(u[i]), "y": norm(u[j])[: self.out_ch],
                    "lead_time": np.float32((t[j] - t[i]) / scale), "mean": self.mean, "std": self.std}
         if self.eval:
@@ -58,6 +61,7 @@ class PairTransform:
 
 
 def make_transform(spec: PdeModelSpec, manifest, split: str = "train") -> PairTransform:
+    """The family's transform for one dataset; held-out behaviour from ``split`` or the dataset's attrs."""
     return PairTransform(spec, dict(manifest.attrs or {}), split)
 
 
