@@ -70,7 +70,7 @@ def generate(
     start: str = "2020-01-01",
     storage_options: dict | None = None,
 ) -> xr.Dataset:
-    """Integrate ``trajectories`` flows and write them to the Zarr store ``out``; returns the dataset schema."""
+    """Integrate ``trajectories`` flows and write them to the Zarr store ``out``; returns the store, opened lazily."""
     _check_sizes(trajectories, days, nlat, nlon)
     solver = _Solver(nlat, nlon)
     rng = np.random.default_rng(seed)
@@ -83,7 +83,7 @@ def generate(
         first = t0 + pd.Timedelta(hours=k * (steps + 4) * _STEP_HOURS)
         ds = _to_dataset(fields, solver, first, latitude_order)
         _write(ds, out, append=k > 0, storage_options=storage_options)
-    return ds
+    return xr.open_zarr(out, storage_options=storage_options)
 
 
 def _check_sizes(trajectories: int, days: float, nlat: int, nlon: int) -> None:
