@@ -55,6 +55,13 @@ class PdeFNO(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
 
+    def state_dict(self, *args, **kwargs):
+        # neuralop's FNO adds an unprefixed "_metadata" entry to its parent's state dict, which a strict load
+        # (DeepSpeed's load_checkpoint) of this wrapper then rejects: tensors only.
+        state = super().state_dict(*args, **kwargs)
+        state.pop("_metadata", None)
+        return state
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["x"]
         lead = batch["lead_time"].to(x.dtype).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])
