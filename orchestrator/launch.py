@@ -33,7 +33,11 @@ def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None,
     return run_here(spec, record, echo, connect_existing=in_cluster)
 
 
+_SIGNALS: list[str] = []  # stop signals received; Ray may turn the Stopped we raise into its own error
+
+
 def _on_signal(signum, frame):  # noqa: ARG001
+    _SIGNALS.append(signal.Signals(signum).name)
     raise Stopped(signal.Signals(signum).name)
 
 
@@ -53,11 +57,11 @@ def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: boo
         from trainers.ray_job import fit
 
         result = fit(spec, record)
-    except Stopped as stop:
-        finish_run(record, RunState.KILLED, f"stopped by {stop}")
-        echo(f"run {record.run_id} stopped; MLflow run {record.mlflow_run_id} marked KILLED")
-        return 130
     except BaseException as exc:
+        if isinstance(exc, Stopped) or _SIGNALS:
+            finish_run(record, RunState.KILLED, f"stopped by {', '.join(_SIGNALS) or exc}")
+            echo(f"run {record.run_id} stopped; MLflow run {record.mlflow_run_id} marked KILLED")
+            return 130
         finish_run(record, RunState.FAILED, f"{type(exc).__name__}: {exc}")
         echo(f"run {record.run_id} FAILED: {type(exc).__name__}: {exc}")
         raise
@@ -76,7 +80,8 @@ def worker_env() -> dict:
     """Runtime env for Ray workers: this project's packages importable, DeepSpeed on the CPU when no GPU."""
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                "MLFLOW_TRACKING_URI", "OMP_NUM_THREADS"):
+                "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "MLFLOW_TRACKING_URI",
+                "OMP_NUM_THREADS"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return {"env_vars": env}
@@ -94,13 +99,13 @@ def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
         (staging / "spec.yaml").write_text(dump_spec(spec))
         env = worker_env()["env_vars"]
         env.pop("PYTHONPATH", None)  # the working dir is on the path inside the job
-        job_id = client.submit_job(
+        job_id = _submit_with_retry(client, dict(
             entrypoint=f"{sys.executable} -m orchestrator.cli launch spec.yaml --run-id {record.run_id} --in-cluster",
             runtime_env={"working_dir": str(staging), "env_vars": env},
             submission_id=f"{record.run_id}-{record.attempts}",
             metadata={"sciscale_run_id": record.run_id, "mlflow_run_id": record.mlflow_run_id,
                       "tracking_uri": record.tracking_uri, "runs_root": record.runs_root},
-        )
+        ))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     record.job_id, record.cluster = job_id, cluster
@@ -109,3 +114,17 @@ def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
     echo(f"follow it: sciscale logs {job_id} --cluster {cluster} -f")
     print(job_id)
     return 0
+
+
+def _submit_with_retry(client, kwargs: dict, attempts: int = 6) -> str:
+    """The Job API answers 500 'No available agent' while the head's agent is still starting or busy."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")

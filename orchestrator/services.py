@@ -192,7 +192,10 @@ def s3_env(endpoint: str) -> dict[str, str]:
     """Environment for clients of a local SeaweedFS (its default config accepts any key pair)."""
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "sciscale"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "sciscale"),
-            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
+            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+            # SeaweedFS rejects the default CRC checksums of newer AWS SDKs (pyarrow multipart uploads)
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
 
 
 def _s3fs(endpoint: str):
@@ -254,7 +257,8 @@ def start_mlflow_server(workdir: str | os.PathLike, backend_uri: str | None = No
 
 
 def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port: int | None = None,
-                   dashboard_port: int | None = None, resources: dict[str, float] | None = None) -> Service:
+                   dashboard_port: int | None = None, resources: dict[str, float] | None = None,
+                   env: dict | None = None, timeout: float = 300.0) -> Service:
     """A Ray head (``ray start --head --block``) in its own process group; endpoint = Job API URL."""
     workdir = Path(workdir).resolve()
     port = port or free_port()
@@ -268,9 +272,11 @@ def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port
         argv.append(f"--resources={json.dumps(resources)}")
     # Ray >= 2.5x turns token auth on by itself once any local ray.init() wrote ~/.ray/auth_token; this head
     # listens on loopback only, so auth stays off and clients need RAY_AUTH_MODE=disabled too (ray_client_env).
-    proc = _spawn("ray", argv, workdir, env=ray_client_env())
+    # RAY_ADDRESS names this head for its own processes: several heads may share /tmp/ray on one machine
+    head_env = {**ray_client_env(), "RAY_ADDRESS": f"127.0.0.1:{port}", **(env or {})}
+    proc = _spawn("ray", argv, workdir, env=head_env)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
-    wait_http(dashboard + "/api/version", proc, "Ray head", workdir / "ray.log", timeout=300,
+    wait_http(dashboard + "/api/version", proc, "Ray head", workdir / "ray.log", timeout=timeout,
               ok=lambda status, body: status == 200)
     return Service("ray", proc.pid, dashboard, str(workdir / "ray.log"),
                    extra={"gcs_address": f"127.0.0.1:{port}"}, _proc=proc)
