@@ -150,8 +150,11 @@ class ShardSampleDataset(Dataset):
         for v, idx, sid, epoch in zip(task["path_idx"].tolist(), task["index"].tolist(), task["sample_id"].tolist(),
                                       task["epoch"].tolist()):
             sample = views[v].sample(idx)
-            if self.transform is not None:
-                sample = self.transform(sample, np.random.default_rng([self.seed, epoch, sid]))
+            transform = self.transform
+            if isinstance(transform, (list, tuple)):  # one per dataset of a mixture (own normalisation)
+                transform = transform[int(task["path_dataset"][v])]
+            if transform is not None:
+                sample = transform(sample, np.random.default_rng([self.seed, epoch, sid]))
             examples.append(sample)
         if self.collate is not None:
             return self.collate(examples)

@@ -30,6 +30,9 @@ class Family:
     """Metric names whose median over the eval set is logged beside the mean."""
     plots: Callable[[Any, dict, Any, Any], dict] | None = None
     """(model, batch, outputs, spec) -> {name: matplotlib Figure}, logged at the end (rank 0)."""
+    derived_metrics: Callable[[dict], dict] | None = None
+    """({name: mean over the eval set}) -> more metrics computed from those means (e.g. RMSE as the square
+    root of the time-mean MSE), logged beside them."""
     prepare_model: Callable[[Any, Any, Any], None] | None = None
     """(model, spec, train manifest) -> None: set data-derived constants (e.g. per-element reference
     energies) before training; called once on every rank, before DeepSpeed wraps the model."""

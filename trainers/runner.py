@@ -75,8 +75,9 @@ class Runner:
 
     def _build_data(self) -> None:
         data = self.spec.data
-        self.transform = self._transform(data.train[0].url)
-        self.val_transform = self._transform(data.val[0].url) if data.val else None
+        # one transform per dataset: each carries its own normalisation statistics
+        self.transform = [self._transform(source.url) for source in data.train]
+        self.val_transform = [self._transform(source.url) for source in data.val] or None
         self._loader_args = dict(rank=self.rank, world_size=self.world,
                                  global_batch=self.spec.train.global_batch_size,
                                  micro_batch=self.spec.train.micro_batch_size, seed=self.spec.train.seed,
@@ -302,7 +303,10 @@ class Runner:
         for part in gathered:
             for k, v in part.items():
                 merged.setdefault(k, []).extend(v)
-        metrics = {f"val/{k}": float(np.mean(v)) for k, v in merged.items() if v}
+        means = {k: float(np.mean(v)) for k, v in merged.items() if v}
+        if self.family.derived_metrics is not None:
+            means.update(self.family.derived_metrics(means))
+        metrics = {f"val/{k}": v for k, v in means.items()}
         for name in self.family.median_metrics:
             if merged.get(name):
                 metrics[f"val/{name}_median"] = float(np.median(merged[name]))

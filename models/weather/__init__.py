@@ -48,6 +48,11 @@ def metrics(outputs: torch.Tensor, batch: dict, spec: WeatherModelSpec) -> dict[
     return out
 
 
+def derived_metrics(means: dict[str, float]) -> dict[str, float]:
+    """WeatherBench2's RMSE: the square root of the time-mean area-weighted MSE, per variable and lead."""
+    return {"rmse" + k[len("wmse"):]: v ** 0.5 for k, v in means.items() if k.startswith("wmse")}
+
+
 def _out_positions(spec: WeatherModelSpec) -> list[int]:
     inputs = spec.model_inputs
     return [inputs.index(v) for v in spec.model_outputs]
@@ -69,4 +74,5 @@ FAMILY = Family(
     metrics=metrics,
     example_batch=example_batch,
     plots=plots,
+    derived_metrics=derived_metrics,
 )

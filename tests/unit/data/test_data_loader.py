@@ -185,3 +185,30 @@ def test_columnar_fast_path_equals_per_sample_path(dataset):
                 np.testing.assert_array_equal(x[k].numpy(), y[k].numpy())
     fast.close()
     slow.close()
+
+
+def _tag(value):
+    def transform(sample, rng):
+        return {"x": sample["x"].copy(), "source": np.array(value)}
+    return transform
+
+
+def test_mixture_applies_each_dataset_its_own_transform(dataset, tmp_path):
+    other = str(tmp_path / "ds-other")
+    with DatasetWriter(other, FIELDS, shard_bytes=700, progress=False) as w:
+        for i in range(64):
+            w.append({"x": np.array([1000 + i, 0]), "pos": np.zeros((1, 3), np.float32)})
+    spec = DataSpec(train=[{"url": dataset}, {"url": other}], canonical_streams=C, shuffle_window=2, prefetch=2,
+                    num_workers=0)
+    loader = build_loader(spec, spec.train, split="train", rank=0, world_size=1, global_batch=B, micro_batch=MICRO,
+                          seed=7, transform=[_tag(0), _tag(1)])
+    try:
+        seen = {0: 0, 1: 0}
+        for _, micro_batches in zip(range(6), loader):
+            for mb in micro_batches:
+                for x, source in zip(mb["x"][:, 0].tolist(), mb["source"].tolist()):
+                    assert source == (1 if x >= 1000 else 0), (x, source)
+                    seen[source] += 1
+        assert seen[0] and seen[1]
+    finally:
+        loader.close()

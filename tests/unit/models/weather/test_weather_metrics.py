@@ -86,3 +86,11 @@ def test_loss_is_mean_of_weighted_mse():
     pred = torch.ones(1, 2, 2, 3)
     truth = torch.zeros(1, 2, 2, 3)
     assert weighted_mse_loss(pred, truth, w).item() == pytest.approx(1.0)
+
+
+def test_rmse_is_square_root_of_time_mean_mse():
+    from models.weather import derived_metrics
+
+    out = derived_metrics({"wmse/geopotential_500/24h": 16.0, "wmse_persistence/2m_temperature/24h": 2.25,
+                           "acc/geopotential_500/24h": 0.9})
+    assert out == {"rmse/geopotential_500/24h": 4.0, "rmse_persistence/2m_temperature/24h": 1.5}
