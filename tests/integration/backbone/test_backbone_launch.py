@@ -138,10 +138,12 @@ def test_interrupted_run_resumes_from_checkpoint_into_same_mlflow_run(launcher, 
     assert run.info.status == "KILLED"
     step = _latest_checkpoint_step(runs_root / run_id)
     second = _run(cmd("train.max_steps=" + str(step + 4), "train.checkpoint_every=3", run_id=run_id), env)
-    assert f"resumed from step {step}" in second.stdout + second.stderr
+    assert "(resumed, attempt 2)" in second.stderr
     client, run2 = _mlflow_run(mlflow_server, run_id)  # still exactly one MLflow run
     assert run2.info.run_id == run.info.run_id and run2.info.status == "FINISHED"
     assert run2.data.tags["sciscale.attempts"] == "1"
+    starts = sorted(v for k, v in run2.data.tags.items() if k.startswith("sciscale.group_start."))
+    assert f"step={step} " in starts[-1], f"the second attempt did not start from step {step}: {starts}"
     steps = [s for s, _ in _losses(client, run.info.run_id)]
     assert max(steps) == step + 4
 

@@ -131,8 +131,7 @@ def test_worker_sigkill_recovers_bitwise(reference, ns_local, ray_head, mlflow_s
     victims = train_workers(ray_head)
     assert victims, "no Ray Train worker found to kill"
     os.kill(victims[-1], signal.SIGKILL)
-    out = _finish(proc)
-    assert "resumed from step" in out
+    _finish(proc)
     _assert_same_as_reference(reference, mlflow_server.endpoint, runs, "worker-kill")
     tags = _run(mlflow_server.endpoint, "worker-kill").data.tags
     assert int(tags["sciscale.group_starts"]) >= 2
