@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = str(ROOT / "tests" / "integration" / "specs" / "backbone.yaml")
-STEPS = 16
+STEPS = 60  # long enough that a kill after the first checkpoint lands mid-run
 COMMON = [f"train.max_steps={STEPS}", "train.checkpoint_every=4", "train.audit_samples=true", "train.log_every=1",
           "distributed.max_failures=3"]
 
@@ -208,8 +208,9 @@ def test_object_store_outage_run_completes(ns_local, ray_head, mlflow_server, se
     assert _run(mlflow_server.endpoint, "s3-outage").info.status == "FINISHED"
 
 
+ELASTIC_STEPS = 160
 ELASTIC = ["distributed.workers={min: 1, max: 2}", "distributed.resources_per_worker={CPU: 1, slot: 1}",
-           "distributed.resize_check_s=3", "train.max_steps=32"]
+           "distributed.resize_check_s=3", f"train.max_steps={ELASTIC_STEPS}"]
 
 
 def _loss_curve(uri: str, run_name: str) -> dict[int, float]:
@@ -253,7 +254,7 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(ns_local, mlflow_server, tm
     assert 1.0 in sizes and sizes[-1] == 2.0, f"world sizes seen: {sizes}\n{out[-3000:]}"
     assert read_audit(str(runs), "elastic") == read_audit(str(ref_runs), "elastic-ref")
     ref, got = _loss_curve(mlflow_server.endpoint, "elastic-ref"), _loss_curve(mlflow_server.endpoint, "elastic")
-    assert sorted(got) == sorted(ref) == list(range(1, 33))
+    assert sorted(got) == sorted(ref) == list(range(1, ELASTIC_STEPS + 1))
     for step, value in ref.items():
         assert abs(got[step] - value) <= 1e-4 * abs(value), f"step {step}: {got[step]} vs {value}"
 
