@@ -104,14 +104,20 @@ def leader_alive(record: dict) -> bool:
     return _LEADER_MARK[record["name"]] in cmdline
 
 
-def healthy(record: dict, timeout: float = 2.0) -> bool:
-    if not leader_alive(record):
-        return False
-    try:
-        with urllib.request.urlopen(record["endpoint"] + _HEALTH_PATH[record["name"]], timeout=timeout) as resp:
-            return resp.status < 500
-    except OSError:
-        return False
+def healthy(record: dict, timeout: float = 5.0, tries: int = 3) -> bool:
+    """Alive and answering; a loaded machine can delay an answer, so a service gets a few tries."""
+    for attempt in range(tries):
+        if not leader_alive(record):
+            return False
+        try:
+            with urllib.request.urlopen(record["endpoint"] + _HEALTH_PATH[record["name"]], timeout=timeout) as resp:
+                if resp.status < 500:
+                    return True
+        except OSError:
+            pass
+        if attempt < tries - 1:
+            time.sleep(1.0)
+    return False
 
 
 def client_env(state: dict) -> dict[str, str]:
