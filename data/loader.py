@@ -22,6 +22,10 @@ from data.plan import Plan, PlanSource, RankSchedule, Visit, block_visits, encod
 from data.storage import storage_options
 
 STATE_KIND = "sciscale.data/2"  # 2: one shuffle generator per stream
+# Downloads in flight per rank. A prefetch deeper than one window change ((C/W) x shuffle_window shards)
+# queues the next window's shards behind these, so the fetch pool never drains at a window boundary while
+# the number of concurrent GETs stays that of the raw-GET bound (docs/benchmarks-data.md).
+DOWNLOADS_IN_FLIGHT = 4
 
 
 def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, global_batch: int,
@@ -48,7 +52,8 @@ def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, 
         plan.rank_streams(rank, world_size)  # W must divide C
         _check_resume(resume_state, plan, start_step)
     cache_dir = None if data_spec.cache_dir is None else f"{data_spec.cache_dir.rstrip('/')}/rank-{rank}"
-    cache = ShardCache(urls, manifests, options, cache_dir, threads=max(1, min(data_spec.prefetch, 8)))
+    cache = ShardCache(urls, manifests, options, cache_dir,
+                       threads=max(1, min(data_spec.prefetch, DOWNLOADS_IN_FLIGHT)))
     # a worker keeps maps only of shards that can be in use together, so released files are unmapped soon
     in_use = (data_spec.canonical_streams // max(1, world_size)) * (data_spec.shuffle_window + 2) + data_spec.prefetch
     reader = ShardSampleDataset(fields, manifests, transform, collate, seed, max_open=max(2, in_use))
@@ -181,10 +186,17 @@ def _as_rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1).view(np.dtype((np.void, a.itemsize * int(np.prod(a.shape[1:])))))[:, 0]
 
 
+def _as_matrix(a: np.ndarray) -> np.ndarray:
+    """``a`` [n, ...] as [n, row bytes] of uint8 (large rows: numpy copies each with one memmove)."""
+    return a.reshape(len(a), -1).view(np.uint8)
+
+
 def _gather_fixed(views, groups, index: np.ndarray, f: str, spec: FieldSpec) -> np.ndarray:
     """``[n, *shape]`` rows of a fixed field in batch order, each copied once from its mapped shard."""
     col = np.empty((len(index), *spec.shape), spec.dtype)
-    if len(views) == 1:
+    if len(views) == 1 and spec.row_bytes() >= _LOOP_COPY_BYTES:  # one memmove per row, 2x the void take
+        np.take(_as_matrix(views[0].arrays[f]), index, axis=0, out=_as_matrix(col))
+    elif len(views) == 1:
         np.take(_as_rows(views[0].arrays[f]), index, out=_as_rows(col))
     elif spec.row_bytes() >= _LOOP_COPY_BYTES:
         arrays = [v.arrays[f] for v in views]

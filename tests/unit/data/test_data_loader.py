@@ -212,3 +212,20 @@ def test_mixture_applies_each_dataset_its_own_transform(dataset, tmp_path):
         assert seen[0] and seen[1]
     finally:
         loader.close()
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 64, 64)])  # small rows: void take; 64 KiB rows: one memmove each
+@pytest.mark.parametrize("shards", [1, 3])
+def test_fixed_field_gather_equals_fancy_indexing(shape, shards):
+    from types import SimpleNamespace
+
+    from data.loader import _gather_fixed
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(10, *shape)).astype(np.float32) for _ in range(shards)]
+    views = [SimpleNamespace(arrays={"u": a}) for a in arrays]
+    path_idx, index = rng.integers(0, shards, 17), rng.integers(0, 10, 17)
+    groups = [np.flatnonzero(path_idx == v) for v in range(shards)]
+    got = _gather_fixed(views, groups, index, "u", FieldSpec(dtype="float32", shape=shape))
+    want = np.stack([arrays[v][i] for v, i in zip(path_idx, index)])
+    np.testing.assert_array_equal(got, want)
