@@ -57,7 +57,24 @@ def cmd_status(args) -> int:
         print(f"  {key}: {value:.5g}")
     if record.job_id:
         print(f"  job: {record.job_id} on {record.cluster}")
+    timeline = events(run.data.tags)
+    if timeline:
+        print("  events (UTC):")
+        for when, what in timeline:
+            print(f"    {when}  {what}")
     return 0
+
+
+def events(tags: dict[str, str]) -> list[tuple[str, str]]:
+    """Worker-group starts (restarts, resizes) and worker failures from a run's tags, oldest first."""
+    out = []
+    for key, value in tags.items():
+        if key.startswith("sciscale.group_start."):
+            when, _, rest = value.partition(" ")
+            out.append((when, f"group start: {rest}"))
+        elif key.startswith("sciscale.failure."):
+            out.append((key[len("sciscale.failure."):], f"failure: {value}"))
+    return sorted(out)
 
 
 def cmd_logs(args) -> int:

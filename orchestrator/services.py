@@ -282,6 +282,44 @@ def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port
                    extra={"gcs_address": f"127.0.0.1:{port}"}, _proc=proc)
 
 
+def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int | None = None,
+                   resources: dict[str, float] | None = None, worker_ports: tuple[int, int] = (20000, 29999),
+                   timeout: float = 180.0) -> Service:
+    """One more Ray node on this machine joining the head at ``gcs_address`` (``ray start --address --block``),
+    in its own process group; its ports are picked free and its worker ports kept apart from the head's.
+    Returns once the cluster counts it as alive; ``stop()`` takes the node away (its workers die with it)."""
+    workdir = Path(workdir).resolve()
+    before = alive_nodes(gcs_address)
+    argv = [_binary("ray"), "start", "--block", f"--address={gcs_address}", "--node-ip-address=127.0.0.1",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--min-worker-port={worker_ports[0]}", f"--max-worker-port={worker_ports[1]}", "--disable-usage-stats"]
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={num_cpus}")
+    if resources:
+        argv.append(f"--resources={json.dumps(resources)}")
+    proc = _spawn("ray-node", argv, workdir, env={**ray_client_env(), "RAY_ADDRESS": gcs_address})
+    deadline = time.monotonic() + timeout
+    while alive_nodes(gcs_address) <= before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_group(proc.pid)
+            raise RuntimeError(f"Ray node did not join {gcs_address} in {timeout:.0f} s; log:\n"
+                               f"{_tail(workdir / 'ray-node.log')}")
+        time.sleep(1.0)
+    return Service("ray-node", proc.pid, gcs_address, str(workdir / "ray-node.log"), _proc=proc)
+
+
+def alive_nodes(gcs_address: str) -> int:
+    """Live nodes of the cluster at ``gcs_address`` (asked in a subprocess: ray.init is process-wide)."""
+    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
+    proc = subprocess.run([sys.executable, "-c", probe, gcs_address], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **ray_client_env()})
+    lines = proc.stdout.strip().splitlines()
+    return int(lines[-1]) if proc.returncode == 0 and lines and lines[-1].isdigit() else 0
+
+
 def ray_client_env() -> dict[str, str]:
     """Environment for processes that talk to a head from start_ray_head."""
     return {"RAY_AUTH_MODE": "disabled"}

@@ -70,6 +70,10 @@ class TrainSpec(BaseModel):
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """Committed checkpoints kept in the runs root."""
+    checkpoint_upload: Literal["background", "sync"] = "background"
+    """background: a step waits only for the local save; the upload to the runs root (with checksums, then
+    a per-rank commit file) runs in a thread and the checkpoint counts once every rank's upload is done.
+    sync: the step waits for the upload too."""
     log_every: int = Field(default=10, ge=1)
     """Log training metrics every N steps."""
     precision: Literal["fp32", "bf16"] = "fp32"

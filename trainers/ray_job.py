@@ -38,6 +38,27 @@ def storage(record: RunRecord, spec: JobSpec):
     return root[len("s3://"):], filesystem
 
 
+def _failure_recorder_class():
+    from ray.train import UserCallback
+
+    class FailureRecorder(UserCallback):
+        """Runs in the Train controller: records every worker failure as an MLflow tag (see `sciscale status`)."""
+
+        def __init__(self, run: dict):
+            self.run = run
+
+        def after_exception(self, run_context, worker_exceptions: dict) -> None:
+            from trainers.resilience import record_failure
+
+            record_failure(self.run, worker_exceptions)
+
+    return FailureRecorder
+
+
+def FailureRecorder(run: dict):  # noqa: N802 - builds the callback without importing Ray at module import
+    return _failure_recorder_class()(run)
+
+
 def fit(spec: JobSpec, record: RunRecord) -> dict:
     """Run training to the end; returns the last reported metrics."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -59,6 +80,7 @@ def fit(spec: JobSpec, record: RunRecord) -> dict:
             failure_config=FailureConfig(max_failures=spec.distributed.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
             worker_runtime_env={"env_vars": _worker_env(spec)},
+            callbacks=[FailureRecorder(record.__dict__.copy())],
         ),
     )
     result = trainer.fit()
@@ -68,7 +90,9 @@ def fit(spec: JobSpec, record: RunRecord) -> dict:
 
 
 def _worker_env(spec: JobSpec) -> dict[str, str]:
-    env = {}
+    from trainers.faults import ENV_VARS
+
+    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}  # fault injection for chaos tests
     if not spec.distributed.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
         threads = spec.distributed.resources_per_worker.get("CPU", 1)

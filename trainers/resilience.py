@@ -52,7 +52,7 @@ def record_attempt(logger, step: int, world: int, saved_world: int) -> None:
     n = len(starts)
     cause = "first start" if n == 0 and step == 0 else ("resized" if saved_world != world else "restart")
     client.set_tag(run_id, f"sciscale.group_start.{n:03d}",
-                   f"{time.strftime('%Y-%m-%dT%H:%M:%S')} step={step} world_size={world} cause={cause}")
+                   f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{int(time.time() * 1000) % 1000:03d}Z step={step} world_size={world} cause={cause}")
     client.set_tag(run_id, "sciscale.group_starts", str(n + 1))
     logger.skip_through(step)
 
@@ -81,3 +81,31 @@ def read_audit(runs_root: str, run_id: str) -> dict[int, str]:
                 record = json.loads(line)
                 out[record["step"]] = record["ids"]
     return out
+
+
+def describe_failure(rank: int, exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"rank {rank}: {type(exc).__name__}: {first[:300]}"
+
+
+def record_failure(run: dict, worker_exceptions: dict) -> None:
+    """A worker-group failure as an MLflow tag ``sciscale.failure.<time>``, without blocking the caller (the
+    Train controller) when the tracking server is down; it is also printed to the job log."""
+    import threading
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+    text = "; ".join(describe_failure(rank, exc) for rank, exc in sorted(worker_exceptions.items()))
+    print(f"worker failure at {stamp}: {text}", flush=True)
+    if not run.get("mlflow_run_id"):
+        return
+
+    def send() -> None:
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=run["tracking_uri"]).set_tag(run["mlflow_run_id"], f"sciscale.failure.{stamp}",
+                                                                   text[:5000])
+        except Exception as exc:  # noqa: BLE001 - tracking is best effort here; the job log has the line
+            print(f"could not record the failure in MLflow: {exc}", flush=True)
+
+    threading.Thread(target=send, name="sciscale-failure-tag", daemon=True).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from models import load_family
 from orchestrator.spec import JobSpec
 from trainers import checkpoint, ds, weights
-from trainers import resilience
+from trainers import faults, resilience
 from trainers.tracking import MetricLogger, NullLogger
 
 
@@ -23,7 +24,7 @@ class Runner:
 
     def __init__(self, spec: JobSpec, run: dict, rank: int, world_size: int, report=None, get_checkpoint=None):
         self.spec, self.run_info, self.rank, self.world = spec, run, rank, world_size
-        self.report = report or (lambda metrics, checkpoint_dir=None: None)
+        self.report = report or _no_report
         self.get_checkpoint = get_checkpoint or (lambda: None)
         self.family = load_family(spec.model.family)
         self.step = 0
@@ -35,6 +36,8 @@ class Runner:
         self._audit_lines: list[dict] = []
         self.skip_steps = resilience.read_skip_steps(run) if run.get("runs_root") else set()
         self.iteration_s: list[float] = []
+        self.checkpoint_block_s: list[float] = []
+        self._started = time.time()
         self.logging_s = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
                        if rank == 0 and run.get("mlflow_run_id") else NullLogger())
@@ -146,6 +149,11 @@ class Runner:
                 continue
             loss, step_time, wait = self._train_step(batches)
             self.step += 1
+            if self._started is not None and self.rank == 0:  # once per group start: time until training moves
+                print(f"[rank 0] first step after start: step {self.step} done at {time.time():.3f} "
+                      f"({time.time() - self._started:.1f} s after the worker started)", flush=True)
+            self._started = None
+            faults.hold("step", self.step, self.rank)
             window.append((loss, step_time, wait))
             if self.step % t.log_every == 0 or self.step == t.max_steps:
                 last = self._log_train(window)
@@ -326,16 +334,33 @@ class Runner:
 
     # ----------------------------------------------------------------------------------------------- output
     def _checkpoint(self, metrics: dict) -> None:
+        """Save locally, then hand the directory to the report: background (train.checkpoint_upload) returns at
+        once and the upload thread deletes it; sync waits for the upload. Logs the time the step was blocked."""
+        started = time.perf_counter()
         self._flush_audit()
-        with tempfile.TemporaryDirectory(prefix="sciscale-ckpt-") as directory:
+        background = self.spec.train.checkpoint_upload == "background"
+        directory = tempfile.mkdtemp(prefix="sciscale-ckpt-")
+        try:
             self.save_state(directory)
-            self.report({**metrics, "step": self.step}, checkpoint_dir=directory)
+            self.report({**metrics, "step": self.step}, checkpoint_dir=directory, background=background)
+        finally:
+            if not background and os.path.isdir(directory):
+                shutil.rmtree(directory, ignore_errors=True)
+        blocked = time.perf_counter() - started
+        self.checkpoint_block_s.append(blocked)
+        self.logger.log({"sys/checkpoint_block_s": blocked}, self.step)
 
     def _export(self) -> None:
         state = weights.gather_fp32_state(self.engine, self.spec.distributed.zero_stage, self.rank)
         if state is not None and isinstance(self.logger, MetricLogger):
             weights.export_model(state, self.family.build_model, self.spec.model, None, self.logger.client,
                                  self.logger.run_id)
+
+
+def _no_report(metrics: dict, checkpoint_dir: str | None = None, background: bool = False) -> None:
+    """Outside Ray nothing takes the checkpoint directory over: drop it."""
+    if checkpoint_dir and background:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def _local_grad_norm(module: torch.nn.Module) -> float:

@@ -2,21 +2,105 @@
 
 from __future__ import annotations
 
+import os
+import random
+import time
+
+UPLOAD_RETRY_S = 300.0  # an object store may be down this long before a checkpoint upload fails the attempt
+
 
 def train_loop(config: dict) -> None:
     import ray.train
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
 
     from orchestrator.spec import JobSpec
     from trainers.runner import Runner
 
     ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
 
-    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
-        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+    def report(metrics: dict, checkpoint_dir: str | None = None, background: bool = False) -> None:
+        if checkpoint_dir is None:
+            ray.train.report(metrics)
+            return
+        mode = CheckpointUploadMode.ASYNC if background else CheckpointUploadMode.SYNC
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir), checkpoint_upload_mode=mode,
+                         delete_local_checkpoint_after_upload=True,
+                         checkpoint_upload_fn=lambda ckpt, name: upload(ckpt, name, rank, int(metrics["step"])))
 
     spec = JobSpec.model_validate(config["spec"])
-    runner = Runner(spec, config["run"], rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+    if rank == 0:
+        remove_uncommitted(ray.train.get_context().get_storage())
+    runner = Runner(spec, config["run"], rank=rank, world_size=ctx.get_world_size(),
                     report=report, get_checkpoint=ray.train.get_checkpoint)
     runner.run()
+
+
+def upload(checkpoint, dir_name: str, rank: int, step: int):
+    """Copy this rank's files into the run's checkpoint directory, its commit file last; retry outages."""
+    import ray.train
+    from pyarrow import fs as pafs
+    from ray.train import Checkpoint
+
+    from trainers import faults
+    from trainers.checkpoint import COMMIT_PREFIX
+
+    storage = ray.train.get_context().get_storage()
+    target_fs, target = storage.storage_filesystem, storage.build_checkpoint_path_from_name(dir_name)
+    local = pafs.LocalFileSystem()
+    files, commits = [], []
+    for base, _, names in os.walk(checkpoint.path):
+        for name in names:
+            rel = os.path.relpath(os.path.join(base, name), checkpoint.path)
+            (commits if rel.startswith(COMMIT_PREFIX) else files).append(rel)
+    for rel in files:
+        _copy(local, os.path.join(checkpoint.path, rel), target_fs, f"{target}/{rel}")
+    faults.hold("upload", step, rank)
+    for rel in commits:
+        _copy(local, os.path.join(checkpoint.path, rel), target_fs, f"{target}/{rel}")
+    return Checkpoint(target, target_fs)
+
+
+def _copy(source_fs, source: str, target_fs, target: str) -> None:
+    from pyarrow import fs as pafs
+
+    deadline, attempt = time.monotonic() + UPLOAD_RETRY_S, 0
+    while True:
+        try:
+            target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(source, target, source_filesystem=source_fs, destination_filesystem=target_fs)
+            return
+        except OSError as exc:
+            delay = random.uniform(0, min(10.0, 0.5 * 2 ** attempt))
+            if time.monotonic() + delay > deadline:
+                raise OSError(f"checkpoint upload of {source} to {target} failed for {UPLOAD_RETRY_S:.0f} s: "
+                              f"{exc}. Hint: is the object store at the runs root reachable?") from exc
+            print(f"checkpoint upload of {os.path.basename(source)} failed ({exc}); retrying in {delay:.1f} s",
+                  flush=True)
+            attempt += 1
+            time.sleep(delay)
+
+
+def remove_uncommitted(storage) -> None:
+    """At a worker-group start no upload is in flight: delete checkpoint directories an earlier group left
+    half-uploaded (no trainer state or a missing commit file). Ray Train never registered them."""
+    import json
+
+    from pyarrow import fs as pafs
+
+    from trainers.checkpoint import COMMIT_PREFIX, STATE_FILE
+
+    fs, root = storage.storage_filesystem, storage.experiment_fs_path
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
+            continue
+        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(entry.path))}
+        complete = STATE_FILE in names
+        if complete:
+            with fs.open_input_stream(f"{entry.path}/{STATE_FILE}") as f:
+                world = int(json.loads(f.read())["world_size"])
+            complete = all(f"{COMMIT_PREFIX}{r}.json" in names for r in range(world))
+        if not complete:
+            print(f"removing {entry.path}: a checkpoint upload that never completed", flush=True)
+            fs.delete_dir(entry.path)
