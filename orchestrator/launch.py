@@ -7,6 +7,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from orchestrator.runs import RunRecord, RunState, ensure_run, finish_run, new_run_id, ui_url, write_record
@@ -36,9 +38,42 @@ def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None,
 _SIGNALS: list[str] = []  # stop signals received; Ray may turn the Stopped we raise into its own error
 
 
+_GRACE: dict = {}  # the run being driven and whether a SIGTERM grace checkpoint has begun
+
+
 def _on_signal(signum, frame):  # noqa: ARG001
-    _SIGNALS.append(signal.Signals(signum).name)
-    raise Stopped(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    record, grace = _GRACE.get("record"), _GRACE.get("grace_s", 0)
+    if signum == signal.SIGTERM and record is not None and grace > 0 and not _GRACE.get("started"):
+        _GRACE["started"] = True
+        threading.Thread(target=_grace_checkpoint, args=(record, grace), daemon=True).start()
+        return
+    _SIGNALS.append(name)
+    raise Stopped(name)
+
+
+def _grace_checkpoint(record: RunRecord, grace_s: float) -> None:
+    """SIGTERM (preemption of the driver's node, `kill`): ask the workers for a checkpoint, wait until it is
+    committed or the grace period ends, then stop as for any signal."""
+    from trainers import resilience
+
+    run = record.__dict__
+    print(f"SIGTERM: asking the workers for a checkpoint; stopping once it is committed or in {grace_s:.0f} s",
+          flush=True)
+    deadline = time.monotonic() + grace_s
+    try:
+        resilience.request_checkpoint(run, "SIGTERM")
+        while time.monotonic() < deadline:
+            step = resilience.requested_checkpoint_committed(run)
+            if step is not None:
+                print(f"checkpoint of step {step} committed; stopping", flush=True)
+                break
+            time.sleep(0.5)
+        else:
+            print(f"no checkpoint committed within {grace_s:.0f} s; stopping", flush=True)
+    except Exception as exc:  # noqa: BLE001 - stopping is what matters now
+        print(f"checkpoint request failed ({exc}); stopping", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: bool = False) -> int:
@@ -52,6 +87,10 @@ def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: boo
                 ray.init(address="auto", logging_level="WARNING")
             else:
                 ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=worker_env(), logging_level="WARNING")
+        from trainers.resilience import clear_checkpoint_request
+
+        clear_checkpoint_request(record.__dict__)  # a request an earlier, stopped attempt left behind
+        _GRACE.update(record=record, grace_s=spec.distributed.preemption_grace_s, started=False)
         # after ray.init, which installs handlers of its own
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         from trainers.ray_job import fit
@@ -66,6 +105,7 @@ def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: boo
         echo(f"run {record.run_id} FAILED: {type(exc).__name__}: {exc}")
         raise
     finally:
+        _GRACE.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
     finish_run(record, RunState.FINISHED)

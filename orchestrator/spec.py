@@ -138,8 +138,12 @@ class DistributedSpec(BaseModel):
     """Elastic runs: seconds between checks whether more workers fit; growing restarts the group from the
     latest checkpoint at the larger world size."""
     preemption_check_every: int = Field(default=10, ge=0)
-    """Steps between checks for a node preemption notice (a barrier over workers); on a notice the run
-    checkpoints at once, so the grace period must exceed this many steps plus one checkpoint (0: off)."""
+    """Steps between checks for a node preemption notice from Ray or a checkpoint request from the driver (a
+    collective over workers); on either the run checkpoints at once, uploading synchronously (0: off)."""
+    preemption_grace_s: float = Field(default=120.0, ge=0)
+    """On SIGTERM, `sciscale launch`/`resume` asks the workers for a checkpoint and stops once it is committed
+    or after this many seconds, whichever is first; it should exceed preemption_check_every steps plus one
+    checkpoint. 0, SIGINT or a second SIGTERM: stop at once."""
 
     @field_validator("resources_per_worker")
     @classmethod

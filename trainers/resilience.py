@@ -44,6 +44,59 @@ def preemption_notice():
         return None
 
 
+def _sciscale_path(run: dict, name: str):
+    from orchestrator.runs import runs_fs
+
+    fs, root = runs_fs(run["runs_root"])
+    return fs, f"{root}/{run['run_id']}/sciscale/{name}"
+
+
+def request_checkpoint(run: dict, reason: str) -> None:
+    """Ask the workers for a checkpoint at their next preemption check (the driver got SIGTERM)."""
+    fs, path = _sciscale_path(run, "checkpoint_request.json")
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump({"time": time.time(), "reason": reason}, f)
+
+
+def checkpoint_request(run: dict) -> dict | None:
+    fs, path = _sciscale_path(run, "checkpoint_request.json")
+    try:
+        with fs.open(path, "r") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def clear_checkpoint_request(run: dict) -> None:
+    for name in ("checkpoint_request.json", "checkpoint_request_done.json"):
+        fs, path = _sciscale_path(run, name)
+        if fs.exists(path):
+            fs.rm(path)
+
+
+def acknowledge_checkpoint_request(run: dict, step: int) -> None:
+    fs, path = _sciscale_path(run, "checkpoint_request_done.json")
+    with fs.open(path, "w") as f:
+        json.dump({"step": step, "time": time.time()}, f)
+
+
+def requested_checkpoint_committed(run: dict) -> int | None:
+    """The step of the requested checkpoint once Ray Train has registered it (else None)."""
+    fs, done = _sciscale_path(run, "checkpoint_request_done.json")
+    if not fs.exists(done):
+        return None
+    with fs.open(done, "r") as f:
+        step = json.load(f)["step"]
+    snapshot = done.rsplit("/", 2)[0] + "/checkpoint_manager_snapshot.json"
+    try:
+        with fs.open(snapshot, "r") as f:
+            latest = json.load(f)["latest_checkpoint_result"]["metrics"]["step"]
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+    return step if latest >= step else None
+
+
 def record_attempt(logger, step: int, world: int, saved_world: int) -> None:
     """One tag per worker-group start: when, from which step, at which world size (restarts, resizes)."""
     client, run_id = logger.client, logger.run_id

@@ -33,6 +33,7 @@ class Runner:
         self.resumed_world_size = world_size
         self.nonfinite_skipped = 0
         self._preemption_saved = False
+        self._request_answered = False
         self._audit_lines: list[dict] = []
         self.skip_steps = resilience.read_skip_steps(run) if run.get("runs_root") else set()
         self.iteration_s: list[float] = []
@@ -163,7 +164,9 @@ class Runner:
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
                 self._checkpoint(last)
             elif self._preempted():
-                self._checkpoint(last)
+                self._checkpoint(last, sync=True)
+                if self._request_answered and self.rank == 0:
+                    resilience.acknowledge_checkpoint_request(self.run_info, self.step)
             self.iteration_s.append(time.perf_counter() - started)  # read by benchmarks/trainer_overhead.py
         last.update(self.evaluate(final=True))
         self._checkpoint(last)
@@ -256,10 +259,22 @@ class Runner:
         return False
 
     def _preempted(self) -> bool:
+        """Every distributed.preemption_check_every steps: did the driver ask for a checkpoint (it got SIGTERM),
+        or did Ray send a drain notice? All ranks agree; each notice is answered once."""
         every = self.spec.distributed.preemption_check_every
-        if not every or self.step % every or self._preemption_saved:
+        if not every or self.step % every:
             return False
-        if resilience.preemption_notice() is None:
+        asked = self.run_info.get("runs_root") and not self._request_answered and resilience.checkpoint_request(
+            self.run_info) is not None
+        flag = torch.tensor([1.0 if asked else 0.0])
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            self._request_answered = True
+            print(f"[rank {self.rank}] checkpoint requested by the driver: checkpointing at step {self.step}",
+                  flush=True)
+            return True
+        if self._preemption_saved or resilience.preemption_notice() is None:
             return False
         self._preemption_saved = True
         print(f"[rank {self.rank}] preemption notice: checkpointing at step {self.step}", flush=True)
@@ -333,12 +348,12 @@ class Runner:
             plt.close(fig)
 
     # ----------------------------------------------------------------------------------------------- output
-    def _checkpoint(self, metrics: dict) -> None:
+    def _checkpoint(self, metrics: dict, sync: bool = False) -> None:
         """Save locally, then hand the directory to the report: background (train.checkpoint_upload) returns at
         once and the upload thread deletes it; sync waits for the upload. Logs the time the step was blocked."""
         started = time.perf_counter()
         self._flush_audit()
-        background = self.spec.train.checkpoint_upload == "background"
+        background = self.spec.train.checkpoint_upload == "background" and not sync
         directory = tempfile.mkdtemp(prefix="sciscale-ckpt-")
         try:
             self.save_state(directory)

@@ -235,6 +235,31 @@ def test_driver_and_ray_killed_then_resume(reference, ns_local, mlflow_server, t
     _assert_same_as_reference(reference, mlflow_server.endpoint, runs, "driver-kill")
 
 
+def test_sigterm_checkpoints_within_grace_then_resume(reference, ns_local, ray_head, mlflow_server, tmp_path):
+    """SIGTERM to the driver: the workers checkpoint at their next preemption check, the driver stops once
+    that checkpoint is committed (run KILLED), and `sciscale resume` finishes the same run bitwise."""
+    faults, env = _faults(tmp_path, "step@33")
+    runs = tmp_path / "runs"
+    argv = _argv(str(ns_local), runs, mlflow_server.endpoint, "sigterm",
+                 ["distributed.preemption_check_every=5", "distributed.preemption_grace_s=300"])
+    proc = _start(argv, {**_env(ray_head), **env}, tmp_path / "sigterm.log")
+    _held_pid(faults, "step-33", 0, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the request is written before the workers go on
+    _release(faults, "step-33")
+    proc.wait(timeout=300)
+    out = proc.log.read_text()
+    assert proc.returncode == 130, out[-4000:]
+    assert "checkpoint of step 35 committed; stopping" in out, out[-4000:]
+    assert _run(mlflow_server.endpoint, "sigterm").info.status == "KILLED"
+    resume = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "sigterm", "--runs-root", str(runs)],
+                            env=_env(ray_head), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-6000:]
+    assert "resumed from step 35 (saved at world size 2, now 2)" in resume.stdout + resume.stderr
+    assert _run(mlflow_server.endpoint, "sigterm").info.status == "FINISHED"
+    _assert_same_as_reference(reference, mlflow_server.endpoint, runs, "sigterm")
+
+
 def _outage(service, seconds: float, faults: Path, point: str, proc) -> None:
     """Stop ``service`` (SIGSTOP) while the workers hold at ``point``, let training go on for ``seconds``."""
     _held_pid(faults, point, 0, proc)
