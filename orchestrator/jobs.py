@@ -44,6 +44,8 @@ def cmd_status(args) -> int:
         for key in ("sciscale_run_id", "mlflow_run_id", "tracking_uri"):
             if key in meta:
                 print(f"  {key}: {meta[key]}")
+        if meta.get("mlflow_run_id") and meta.get("tracking_uri"):
+            _print_events(mlflow_client(meta["tracking_uri"]).get_run(meta["mlflow_run_id"]).data.tags)
         return 0
     record = read_record(absolute_root(args.runs_root), args.target)
     if record is None:
@@ -57,12 +59,16 @@ def cmd_status(args) -> int:
         print(f"  {key}: {value:.5g}")
     if record.job_id:
         print(f"  job: {record.job_id} on {record.cluster}")
-    timeline = events(run.data.tags)
+    _print_events(run.data.tags)
+    return 0
+
+
+def _print_events(tags: dict[str, str]) -> None:
+    timeline = events(tags)
     if timeline:
         print("  events (UTC):")
         for when, what in timeline:
             print(f"    {when}  {what}")
-    return 0
 
 
 def events(tags: dict[str, str]) -> list[tuple[str, str]]:

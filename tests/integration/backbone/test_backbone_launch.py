@@ -162,6 +162,10 @@ def test_cluster_submit_succeeds_and_stop_marks_killed(launcher, mlflow_server, 
     assert status == JobStatus.SUCCEEDED, jobs.get_job_logs(job_id)[-4000:]
     _, run = _mlflow_run(mlflow_server, "cluster-ok")
     assert run.info.status == "FINISHED"
+    shown = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", job_id, "--cluster", ray_head.endpoint],
+                           env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr
+    assert f"job {job_id}: SUCCEEDED" in shown.stdout and "cause=first start" in shown.stdout, shown.stdout
 
     long = _run(cmd("train.max_steps=100000", run_id="cluster-stop", cluster=ray_head.endpoint), env)
     job_id = long.stdout.strip().splitlines()[-1]
