@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from data.format import Manifest
@@ -40,6 +41,7 @@ class ShardCache:
         self.peak_bytes = 0
         self.fetches = 0
         self.fetched_bytes = 0
+        self.download_seconds = 0.0  # summed over downloads: / wall time = mean downloads in flight
 
     def _clear_stale(self) -> None:
         # files left by an earlier, killed process of this rank: never trusted, never mixed with new ones
@@ -92,6 +94,7 @@ class ShardCache:
         client = self.clients[d]
         path = self.local_path(d, shard)
         tmp = f"{path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}"
+        start = time.perf_counter()
         try:
             for attempt in range(2):
                 size, got = with_retries(lambda: client.download(info.key, tmp), where, self.options[d],
@@ -107,6 +110,8 @@ class ShardCache:
             os.replace(tmp, path)
         finally:
             _unlink(tmp)
+            with self._lock:
+                self.download_seconds += time.perf_counter() - start
         return path
 
     def close(self) -> None:
