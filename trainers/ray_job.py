@@ -32,9 +32,13 @@ def storage(record: RunRecord, spec: JobSpec):
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs = {"endpoint_override": host, "scheme": scheme}
+    # Ray Train persists its own state (checkpoint registry) here from the controller: a 3 s request timeout
+    # and 3 attempts (pyarrow's defaults) turn a short object-store outage into a failed run
     filesystem = pafs.S3FileSystem(access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
                                    secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                                   region=os.environ.get("AWS_REGION", "us-east-1"), **kwargs)
+                                   region=os.environ.get("AWS_REGION", "us-east-1"), request_timeout=60,
+                                   connect_timeout=10, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10),
+                                   **kwargs)
     return root[len("s3://"):], filesystem
 
 

@@ -305,13 +305,15 @@ def test_object_store_outage_run_completes(ns_local, ray_head, mlflow_server, se
     services.create_bucket(seaweedfs.endpoint, "chaos")
     for split in ("train", "val"):
         _copy_small_shards(f"{ns_local}/{split}", f"s3://chaos/ns16/{split}")
-    runs = tmp_path / "runs"
-    argv = _argv("s3://chaos/ns16", runs, mlflow_server.endpoint, "s3-outage",
+    # data, checkpoints (runs root) and Ray Train's own state all on the object store that goes away
+    argv = _argv("s3://chaos/ns16", "s3://chaos/runs", mlflow_server.endpoint, "s3-outage",
                  ["train.max_steps=40", "data.prefetch=1", "data.shuffle_window=1"])
-    faults, env = _faults(tmp_path, "step@6")
+    faults, env = _faults(tmp_path, "step@6", "step@30")
     proc = _start(argv, {**_env(ray_head), **env}, tmp_path / "s3-outage.log")
     _outage(seaweedfs, 20, faults, "step-6", proc)
-    _finish(proc, timeout=900)
+    _kill_held(faults, "step-30", 1, proc)  # then a restart that loads its checkpoint from S3
+    out = _finish(proc, timeout=900)
+    _resumed_step(out, below=30)
     assert _run(mlflow_server.endpoint, "s3-outage").info.status == "FINISHED"
 
 
