@@ -48,10 +48,15 @@ def commit_record(directory: str, rank: int, step: int) -> tuple[str, dict]:
     return f"{COMMIT_PREFIX}{rank}.json", {"rank": rank, "step": step, "files": files}
 
 
+def commit_names(world: int) -> set[str]:
+    """The commit files a checkpoint saved by ``world`` ranks has once it is complete."""
+    return {f"{COMMIT_PREFIX}{r}.json" for r in range(world)}
+
+
 def verify(directory: str) -> None:
     """Every rank's commit file is there and every file it lists matches its size and checksum."""
     state = read_state(directory)
-    expected = {f"{COMMIT_PREFIX}{r}.json" for r in range(int(state["world_size"]))}
+    expected = commit_names(int(state["world_size"]))
     missing = sorted(expected - set(os.listdir(directory)))
     if missing:
         raise ValueError(f"checkpoint {directory} (step {state['step']}) is not committed: {', '.join(missing)} "

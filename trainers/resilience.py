@@ -44,6 +44,12 @@ def preemption_notice():
         return None
 
 
+def utc_stamp() -> str:
+    """Now as 2026-11-25T10:00:00.123Z: the time format of the event tags `sciscale status` sorts."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
 def _sciscale_path(run: dict, name: str):
     from orchestrator.runs import runs_fs
 
@@ -81,6 +87,18 @@ def acknowledge_checkpoint_request(run: dict, step: int) -> None:
         json.dump({"step": step, "time": time.time()}, f)
 
 
+def committed_step(run: dict) -> int | None:
+    """The step of the latest checkpoint Ray Train has registered (its checkpoint manager snapshot), or None."""
+    from orchestrator.runs import runs_fs
+
+    fs, root = runs_fs(run["runs_root"])
+    try:
+        with fs.open(f"{root}/{run['run_id']}/checkpoint_manager_snapshot.json", "r") as f:
+            return int(json.load(f)["latest_checkpoint_result"]["metrics"]["step"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
 def requested_checkpoint_committed(run: dict) -> int | None:
     """The step of the requested checkpoint once Ray Train has registered it (else None)."""
     fs, done = _sciscale_path(run, "checkpoint_request_done.json")
@@ -88,13 +106,8 @@ def requested_checkpoint_committed(run: dict) -> int | None:
         return None
     with fs.open(done, "r") as f:
         step = json.load(f)["step"]
-    snapshot = done.rsplit("/", 2)[0] + "/checkpoint_manager_snapshot.json"
-    try:
-        with fs.open(snapshot, "r") as f:
-            latest = json.load(f)["latest_checkpoint_result"]["metrics"]["step"]
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return None
-    return step if latest >= step else None
+    latest = committed_step(run)
+    return step if latest is not None and latest >= step else None
 
 
 def record_attempt(logger, step: int, world: int, saved_world: int) -> None:
@@ -105,7 +118,7 @@ def record_attempt(logger, step: int, world: int, saved_world: int) -> None:
     n = len(starts)
     cause = "first start" if n == 0 and step == 0 else ("resized" if saved_world != world else "restart")
     client.set_tag(run_id, f"sciscale.group_start.{n:03d}",
-                   f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.{int(time.time() * 1000) % 1000:03d}Z step={step} world_size={world} cause={cause}")
+                   f"{utc_stamp()} step={step} world_size={world} cause={cause}")
     client.set_tag(run_id, "sciscale.group_starts", str(n + 1))
     logger.skip_through(step)
 
@@ -146,7 +159,7 @@ def record_failure(run: dict, worker_exceptions: dict) -> None:
     Train controller) when the tracking server is down; it is also printed to the job log."""
     import threading
 
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+    stamp = utc_stamp()
     text = "; ".join(describe_failure(rank, exc) for rank, exc in sorted(worker_exceptions.items()))
     print(f"worker failure at {stamp}: {text}", flush=True)
     if not run.get("mlflow_run_id"):

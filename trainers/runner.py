@@ -37,7 +37,6 @@ class Runner:
         self._audit_lines: list[dict] = []
         self.skip_steps = resilience.read_skip_steps(run) if run.get("runs_root") else set()
         self.iteration_s: list[float] = []
-        self.checkpoint_block_s: list[float] = []
         self._started = time.time()
         self.logging_s = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
@@ -264,8 +263,9 @@ class Runner:
         every = self.spec.distributed.preemption_check_every
         if not every or self.step % every:
             return False
-        asked = self.run_info.get("runs_root") and not self._request_answered and resilience.checkpoint_request(
-            self.run_info) is not None
+        # rank 0 reads the request; the collective below tells the others
+        asked = (self.rank == 0 and self.run_info.get("runs_root") and not self._request_answered
+                 and resilience.checkpoint_request(self.run_info) is not None)
         flag = torch.tensor([1.0 if asked else 0.0])
         if self.world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -361,9 +361,7 @@ class Runner:
         finally:
             if not background and os.path.isdir(directory):
                 shutil.rmtree(directory, ignore_errors=True)
-        blocked = time.perf_counter() - started
-        self.checkpoint_block_s.append(blocked)
-        self.logger.log({"sys/checkpoint_block_s": blocked}, self.step)
+        self.logger.log({"sys/checkpoint_block_s": time.perf_counter() - started}, self.step)
 
     def _export(self) -> None:
         state = weights.gather_fp32_state(self.engine, self.spec.distributed.zero_stage, self.rank)

@@ -88,7 +88,7 @@ def remove_uncommitted(storage) -> None:
 
     from pyarrow import fs as pafs
 
-    from trainers.checkpoint import COMMIT_PREFIX, STATE_FILE
+    from trainers.checkpoint import STATE_FILE, commit_names
 
     fs, root = storage.storage_filesystem, storage.experiment_fs_path
     entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -100,7 +100,7 @@ def remove_uncommitted(storage) -> None:
         if complete:
             with fs.open_input_stream(f"{entry.path}/{STATE_FILE}") as f:
                 world = int(json.loads(f.read())["world_size"])
-            complete = all(f"{COMMIT_PREFIX}{r}.json" in names for r in range(world))
+            complete = commit_names(world) <= names
         if not complete:
             print(f"removing {entry.path}: a checkpoint upload that never completed", flush=True)
             fs.delete_dir(entry.path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from orchestrator import services
-from trainers.resilience import read_audit
+from trainers.resilience import committed_step, read_audit
 
 pytestmark = pytest.mark.integration
 
@@ -120,14 +119,10 @@ def _resumed_step(out: str, below: int) -> int:
 
 def _wait_committed(runs: Path, run_id: str, step: int, proc, timeout=300) -> None:
     """Wait until Ray Train has registered the checkpoint of ``step`` (its checkpoint manager snapshot)."""
-    path = runs / run_id / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            latest = json.loads(path.read_text())["latest_checkpoint_result"]["metrics"]["step"]
-        except (OSError, ValueError, KeyError, TypeError):
-            latest = -1
-        if latest >= step:
+        latest = committed_step({"runs_root": str(runs), "run_id": run_id})
+        if latest is not None and latest >= step:
             return
         assert proc.poll() is None, proc.log.read_text()[-4000:]
         assert time.monotonic() < deadline, f"checkpoint of step {step} not committed in {timeout} s (latest {latest})"
