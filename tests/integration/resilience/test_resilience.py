@@ -167,6 +167,8 @@ def test_worker_sigkill_recovers_bitwise(reference, ns_local, ray_head, mlflow_s
     runs = tmp_path / "runs"
     proc = _start(_argv(str(ns_local), runs, mlflow_server.endpoint, "worker-kill"), {**_env(ray_head), **env},
                   tmp_path / "launch.log")
+    _held_pid(faults, f"step-{step}", 1, proc)
+    _wait_committed(runs, "worker-kill", 4, proc)  # Ray Train registers reports late (one per 2 s poll)
     _kill_held(faults, f"step-{step}", 1, proc)
     out = _finish(proc)
     resumed = _resumed_step(out, below=step)
@@ -191,6 +193,7 @@ def test_worker_killed_during_checkpoint_upload_loads_previous(reference, ns_loc
                   tmp_path / "launch.log")
     pid = _held_pid(faults, f"upload-{step}", 0, proc)
     _held_pid(faults, f"upload-{step}", 1, proc)
+    _wait_committed(runs, "upload-kill", 4, proc)  # a previous checkpoint to fall back on
     partial = [d for d in (runs / "upload-kill").glob("checkpoint_*")
                if (d / "trainer_state.json").exists() and f'"step": {step},' in (d / "trainer_state.json").read_text()]
     assert len(partial) == 1 and not list(partial[0].glob("commit-rank*.json")), "no half-uploaded checkpoint"
@@ -212,6 +215,7 @@ def test_driver_and_ray_killed_then_resume(reference, ns_local, mlflow_server, t
         proc = _start(_argv(str(ns_local), runs, mlflow_server.endpoint, "driver-kill"), {**_env(head), **env},
                       tmp_path / "driver-kill.log")
         _held_pid(faults, f"step-{step}", 0, proc)
+        _wait_committed(runs, "driver-kill", 4, proc)  # so that the resume has a checkpoint to continue from
         proc.kill()
         proc.wait(timeout=60)
     finally:
@@ -225,6 +229,7 @@ def test_driver_and_ray_killed_then_resume(reference, ns_local, mlflow_server, t
     finally:
         head.stop()
     assert resume.returncode == 0, resume.stderr[-6000:]
+    _resumed_step(resume.stdout + resume.stderr, below=step)
     run = _run(mlflow_server.endpoint, "driver-kill")
     assert run.info.status == "FINISHED" and run.data.tags["sciscale.attempts"] == "1"
     _assert_same_as_reference(reference, mlflow_server.endpoint, runs, "driver-kill")
