@@ -4,7 +4,8 @@
         [--graphs 400000] [--repeats 5] [--prefetch 4]
 
 Starts SeaweedFS on loopback under /tmp, writes a dense dataset (4x128x128 float32 per sample, 16 MiB
-shards), more dense datasets of other sizes (memory only) and a small-graph dataset (columnar, ~20 atoms
+shards; read with ``--workers`` DataLoader processes, default 0, so shards are held in memory; the disk cache
+with 1 worker process is measured too), more dense datasets of other sizes (memory only) and a small-graph dataset (columnar, ~20 atoms
 each), then prints one table. Bound and reader alternate ``--repeats`` times per client (s3fs and obstore),
 each pair back to back on the same bytes, so that a shared machine's load hits both alike: medians and the
 median of the per-pair ratios are reported, with the range. Also: small graphs decoded per second (median;
@@ -91,12 +92,13 @@ class PeakRSS:
 PREFETCH = 4  # the spec's default; --prefetch 8 (the next window change + 4) measured no faster
 
 
-def read_all(url: str, client: str, global_batch: int, workers: int, collate=None, epochs: int = 2) -> dict:
+def read_all(url: str, client: str, global_batch: int, workers: int, collate=None, epochs: int = 2,
+             shard_cache: str = "auto") -> dict:
     """``epochs`` epochs through the reader (1 rank, C=2, window 2, prefetch PREFETCH, 4 downloads in flight):
-    seconds, CPU, samples, memory, mean downloads in flight."""
+    seconds, CPU (this process), samples, memory, mean downloads in flight."""
     manifest = read_manifest(url, storage_options(url))
     spec = DataSpec(train=[{"url": url}], canonical_streams=2, shuffle_window=2, prefetch=PREFETCH,
-                    num_workers=workers, storage=StorageSpec(client=client))
+                    num_workers=workers, storage=StorageSpec(client=client), shard_cache=shard_cache)
     steps = epochs * manifest.num_samples // global_batch
     rss = PeakRSS()
     loader = build_loader(spec, spec.train, split="train", rank=0, world_size=1, global_batch=global_batch,
@@ -140,9 +142,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--prefetch", type=int, default=4, help="reader prefetch (shard visits ahead; 4 downloads run)")
+    ap.add_argument("--pin", action="store_true", help="S3 server on CPU 0, this process on CPU 1 (an object "
+                    "store that does not share the reader's cores, as in a cluster)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="sciscale-bench-", dir="/tmp")
+    if args.pin:  # the server inherits CPU 0; this thread (and the threads it starts later) move to CPU 1
+        os.sched_setaffinity(0, {0})
     service = start_seaweedfs(os.path.join(work, "weed"))
+    if args.pin:
+        os.sched_setaffinity(0, {1})
     os.environ.update(s3_env(service.endpoint))
     os.environ["TMPDIR"] = work  # reader caches under the bench folder
     try:
@@ -199,6 +207,16 @@ def dense_rows(url: str, repeats: int, workers: int) -> list[tuple[str, str, str
         rows.append((f"  reader: mean downloads in flight / process CPU ({name})",
                      f"{np.median([r['in_flight'] for r in mem]):.1f} / {np.median(cpu):.2f} s per GB", "bound: 4"))
         rows.append(memory_row(mem[-1], size, name))
+    # the disk cache, which DataLoader worker processes need: shards written to files and mapped by 1 worker
+    disk, ratios = [], []
+    opts = storage_options(url, StorageSpec(client="obstore"))
+    for i in range(max(1, repeats // 2)):
+        raw_s, raw_b = raw_get_throughput(url, opts, keys * 2, 4)
+        r = read_all(url, "obstore", 32, 1, shard_cache="disk")
+        disk.append(r["samples"] * sample_bytes / r["seconds"] / 1e6)
+        ratios.append(disk[-1] / (raw_b / raw_s / 1e6))
+    rows.append(("dense, reader with disk cache + 1 worker process (obstore)", spread(disk, ",.0f") + " MB/s",
+                 f"{spread([r * 100 for r in ratios], '.0f')} % of bound (per-pair ratios)"))
     return rows
 
 

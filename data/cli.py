@@ -29,6 +29,8 @@ def register(subparsers) -> argparse._SubParsersAction:
     p.add_argument("--streams", type=int, default=8, help="canonical streams C (default 8)")
     p.add_argument("--prefetch", type=int, default=4, help="shards prefetched ahead (default 4)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--shard-cache", choices=["auto", "memory", "disk"], default="auto",
+                   help="hold shards in memory or in files (default auto: memory when --workers is 0)")
     p.add_argument("--raw", action="store_true", help="also time raw whole-object GETs (the bound)")
     p.set_defaults(func=cmd_bench)
     return sub
@@ -141,7 +143,7 @@ def cmd_bench(args) -> int:
 
     manifest, options, storage = _open(args)
     spec = DataSpec(train=[{"url": args.url}], canonical_streams=args.streams, prefetch=args.prefetch,
-                    num_workers=args.workers, storage=storage)
+                    num_workers=args.workers, shard_cache=args.shard_cache, storage=storage)
     loader = build_loader(spec, spec.train, split="train", rank=0, world_size=1, global_batch=args.global_batch,
                           micro_batch=args.global_batch, seed=0)
     start, samples = time.perf_counter(), 0

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.cache import ShardCache
-from data.format import FieldSpec, Manifest, open_shard, read_manifest
+from data.cache import MemoryShard, ShardCache
+from data.format import FieldSpec, Manifest, ShardView, open_shard, read_manifest
 from data.plan import Plan, PlanSource, RankSchedule, Visit, block_visits, encode_ids, val_assignment
 from data.storage import storage_options
 
@@ -52,8 +52,8 @@ def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, 
         plan.rank_streams(rank, world_size)  # W must divide C
         _check_resume(resume_state, plan, start_step)
     cache_dir = None if data_spec.cache_dir is None else f"{data_spec.cache_dir.rstrip('/')}/rank-{rank}"
-    cache = ShardCache(urls, manifests, options, cache_dir,
-                       threads=max(1, min(data_spec.prefetch, DOWNLOADS_IN_FLIGHT)))
+    cache = ShardCache(urls, manifests, options, cache_dir, threads=max(1, min(data_spec.prefetch, DOWNLOADS_IN_FLIGHT)),
+                       in_memory=data_spec.in_memory)
     # a worker keeps maps only of shards that can be in use together, so released files are unmapped soon
     in_use = (data_spec.canonical_streams // max(1, world_size)) * (data_spec.shuffle_window + 2) + data_spec.prefetch
     reader = ShardSampleDataset(fields, manifests, transform, collate, seed, max_open=max(2, in_use))
@@ -109,18 +109,25 @@ class ShardSampleDataset(Dataset):
         self.transform, self.collate, self.seed, self.max_open = transform, collate, seed, max_open
         self._open: collections.OrderedDict = collections.OrderedDict()
 
-    def _view(self, path: str, d: int):
-        view = self._open.get(path)
+    def _view(self, source: "str | MemoryShard", d: int):
+        """The views of one shard: a local file (mapped) or a shard held in memory."""
+        name = source if isinstance(source, str) else source.name
+        view = self._open.get(name)
         if view is None:
-            view = self._open[path] = open_shard(path, self.specs[d])
+            view = self._open[name] = (open_shard(source, self.specs[d]) if isinstance(source, str)
+                                       else ShardView(source.buffer, self.specs[d], name))
             if len(self._open) > self.max_open:
                 self._open.popitem(last=False)
         else:
-            self._open.move_to_end(path)
+            self._open.move_to_end(name)
         return view
 
+    def forget(self, name: str) -> None:
+        """Drop the views of a released in-memory shard, so that its buffer is freed now."""
+        self._open.pop(name, None)
+
     def __getitem__(self, task: dict) -> dict:
-        views = [self._view(p, d) for p, d in zip(task["paths"], task["path_dataset"].tolist())]
+        views = [self._view(p, d) for p, d in zip(task["sources"], task["path_dataset"].tolist())]
         if self.transform is None and self.collate is None:
             batch = self._columnar(views, task)
         else:
@@ -140,13 +147,13 @@ class ShardSampleDataset(Dataset):
         for f in self.fields:
             spec = views[0].fields[f]
             if not spec.ragged:
-                out[f] = torch.from_numpy(_gather_fixed(views, groups, index, f, spec))
+                out[f] = _gather_fixed(views, groups, index, f, spec)
                 continue
             key = _offsets_key(views, f)
             if key not in rows:
                 rows[key] = _ragged_rows(views, groups, index, key)
             counts, parts = rows[key]
-            out[f] = torch.from_numpy(_gather_rows(views, parts, f, spec, int(counts.sum())))
+            out[f] = _gather_rows(views, parts, f, spec, int(counts.sum()))
             out[f + "_counts"] = torch.from_numpy(counts)
         return out
 
@@ -191,9 +198,19 @@ def _as_matrix(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1).view(np.uint8)
 
 
-def _gather_fixed(views, groups, index: np.ndarray, f: str, spec: FieldSpec) -> np.ndarray:
+def _empty(shape: tuple, dtype) -> tuple[torch.Tensor, np.ndarray]:
+    """An uninitialised batch column (tensor, numpy view). In a DataLoader worker process it is allocated in
+    shared memory, so that handing it to the training process copies nothing (torch would otherwise copy
+    every tensor a worker returns into a new shared-memory segment)."""
+    tensor = torch.from_numpy(np.empty(shape, dtype))
+    if torch.utils.data.get_worker_info() is not None:
+        tensor = torch.empty(shape, dtype=tensor.dtype).share_memory_()
+    return tensor, tensor.numpy()
+
+
+def _gather_fixed(views, groups, index: np.ndarray, f: str, spec: FieldSpec) -> torch.Tensor:
     """``[n, *shape]`` rows of a fixed field in batch order, each copied once from its mapped shard."""
-    col = np.empty((len(index), *spec.shape), spec.dtype)
+    out, col = _empty((len(index), *spec.shape), spec.dtype)
     if len(views) == 1 and spec.row_bytes() >= _LOOP_COPY_BYTES:  # one memmove per row, 2x the void take
         np.take(_as_matrix(views[0].arrays[f]), index, axis=0, out=_as_matrix(col))
     elif len(views) == 1:
@@ -207,7 +224,7 @@ def _gather_fixed(views, groups, index: np.ndarray, f: str, spec: FieldSpec) -> 
         rows = _as_rows(col)
         for v, g in zip(views, groups):
             rows[g] = np.take(_as_rows(v.arrays[f]), index[g])
-    return col
+    return out
 
 
 def _offsets_key(views, f: str) -> str:
@@ -245,15 +262,15 @@ def _ragged_rows(views, groups, index: np.ndarray, key: str) -> tuple[np.ndarray
     return counts, [(_ranges(start[g], counts[g]), _ranges(dest[g], counts[g])) for g in groups]
 
 
-def _gather_rows(views, parts: list, f: str, spec: FieldSpec, total: int) -> np.ndarray:
-    col = np.empty((total, *spec.shape), spec.dtype)
+def _gather_rows(views, parts: list, f: str, spec: FieldSpec, total: int) -> torch.Tensor:
+    out, col = _empty((total, *spec.shape), spec.dtype)
     rows = _as_rows(col)
     for v, (src, dst) in zip(views, parts):
         if dst is None:
             np.take(_as_rows(v.arrays[f]), src, out=rows)
         else:
             rows[dst] = np.take(_as_rows(v.arrays[f]), src)
-    return col
+    return out
 
 
 def default_collate(examples: list[dict], ragged: set[str] = frozenset()) -> dict:
@@ -339,12 +356,13 @@ class StepLoader:
 
     def _release(self, step: int) -> None:
         for v in self._releases.pop(step, []):
-            self.cache.release(v.dataset, v.shard)
+            if self.cache.release(v.dataset, v.shard) and self.cache.in_memory:
+                self.reader.forget(self.cache.local_path(v.dataset, v.shard))  # the reader is in this process
 
     # ---------------------------------------------------------------------------------------------- tasks
     def _task(self, dataset, local, shard, epoch, valid=None) -> dict:
         """One micro-batch task: the batch's shards (as global shard numbers, in order) and per sample its
-        shard's slot in ``paths`` and its index inside that shard; no sorting, O(batch)."""
+        shard's slot in ``sources`` and its index inside that shard; no sorting, O(batch)."""
         keys = shard if len(self._shard_base) == 1 else self._shard_base[dataset] + shard
         seen = np.zeros(len(self._global_starts), bool)
         seen[keys] = True
@@ -352,8 +370,8 @@ class StepLoader:
         lookup = np.empty(len(seen), np.int64)
         lookup[uniq] = np.arange(len(uniq))
         path_dataset = np.searchsorted(self._shard_base, uniq, side="right") - 1
-        paths = [self.cache.wait(d, k - self._shard_base[d]) for d, k in zip(path_dataset.tolist(), uniq.tolist())]
-        return {"paths": paths, "path_idx": lookup[keys], "path_dataset": path_dataset, "dataset": dataset,
+        sources = [self.cache.wait(d, k - self._shard_base[d]) for d, k in zip(path_dataset.tolist(), uniq.tolist())]
+        return {"sources": sources, "path_idx": lookup[keys], "path_dataset": path_dataset, "dataset": dataset,
                 "index": local - self._global_starts[keys], "sample_id": encode_ids(dataset, local),
                 "epoch": epoch, "valid": valid}
 

@@ -36,9 +36,9 @@ def dataset(s3) -> str:
     return url
 
 
-def _spec(url: str, client: str = "auto") -> DataSpec:
+def _spec(url: str, client: str = "auto", shard_cache: str = "auto") -> DataSpec:
     return DataSpec(train=[{"url": url}], canonical_streams=C, shuffle_window=2, prefetch=3, num_workers=0,
-                    storage=StorageSpec(client=client))
+                    storage=StorageSpec(client=client), shard_cache=shard_cache)
 
 
 def _stream(spec: DataSpec, world: int, start: int, steps: int, **kw) -> str:
@@ -58,9 +58,9 @@ def _stream(spec: DataSpec, world: int, start: int, steps: int, **kw) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("client", ["fsspec", "obstore"])
-def test_identical_global_batches_for_w_1_2_4_8(dataset, client):
-    spec = _spec(dataset, client)
+@pytest.mark.parametrize("client, shard_cache", [("fsspec", "memory"), ("obstore", "memory"), ("obstore", "disk")])
+def test_identical_global_batches_for_w_1_2_4_8(dataset, client, shard_cache):
+    spec = _spec(dataset, client, shard_cache)
     ref = _stream(spec, 1, 0, 24)
     assert [_stream(spec, w, 0, 24) for w in (2, 4, 8)] == [ref] * 3
 
@@ -96,9 +96,9 @@ def test_flipped_byte_is_detected_and_named(s3, dataset, capsys):
     raw = bytearray(fs.cat_file(f"{root}/{key}"))
     raw[100] ^= 0x01
     fs.pipe_file(f"{root}/{key}", bytes(raw))
-    spec = _spec(url)
-    with pytest.raises(ValueError, match=rf"{key}: checksum .* also after a re-fetch"):
-        _stream(spec, 1, 0, 30)
+    for shard_cache in ("memory", "disk"):
+        with pytest.raises(ValueError, match=rf"{key}: checksum .* also after a re-fetch"):
+            _stream(_spec(url, shard_cache=shard_cache), 1, 0, 30)
     assert cli_main(["data", "verify", url]) == 1
     assert f"BAD  {url}/{key}: checksum" in capsys.readouterr().out
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from data.format import FieldSpec
+from data.format import FieldSpec, read_manifest
 from data.loader import build_loader
 from data.spec import DataSpec
 from data.writer import DatasetWriter
@@ -105,7 +105,7 @@ def test_resume_with_other_seed_or_batch_is_refused(dataset):
 
 
 def test_cache_holds_only_the_shards_in_use(dataset, tmp_path):
-    spec = _spec(dataset, cache_dir=str(tmp_path / "cache"))
+    spec = _spec(dataset, cache_dir=str(tmp_path / "cache"), shard_cache="disk")
     loader = _loader(spec, 0, 4)
     it = iter(loader)
     counts = []
@@ -116,6 +116,29 @@ def test_cache_holds_only_the_shards_in_use(dataset, tmp_path):
     assert max(counts) < total and max(counts) <= 2 * (2 + 2) + 2
     loader.close()
     assert not [f for f in os.listdir(tmp_path / "cache" / "rank-0") if f.endswith(".shard")]
+
+
+def test_memory_cache_holds_only_the_shards_in_use(dataset, tmp_path):
+    spec = _spec(dataset, cache_dir=str(tmp_path / "cache"))  # num_workers 0: shards stay in memory
+    assert spec.in_memory
+    loader = _loader(spec, 0, 4)
+    it = iter(loader)
+    held, views = [], []
+    for _ in range(40):
+        next(it)
+        held.append(len(loader.cache._futures))
+        views.append(len(loader.reader._open))
+    total = len(os.listdir(os.path.join(dataset, "shards")))
+    assert 0 < max(held) < total and max(held) <= 2 * (2 + 2) + 2
+    assert max(views) <= max(held)  # released shards' buffers are not kept alive by the reader's views
+    assert loader.cache.held_bytes <= loader.cache.peak_bytes < sum(s.bytes for s in read_manifest(dataset).shards)
+    loader.close()
+    assert not loader.cache._futures and not (tmp_path / "cache").exists()  # nothing written to disk
+
+
+def test_memory_cache_refuses_worker_processes(dataset):
+    with pytest.raises(ValueError, match="shard_cache 'memory' holds shards in the training process"):
+        DataSpec.model_validate(dict(_spec(dataset).model_dump(), shard_cache="memory", num_workers=2))
 
 
 def test_val_pass_is_disjoint_complete_and_padded(dataset):
