@@ -369,3 +369,57 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(ns_local, mlflow_server, tm
     worst = max(abs(got[step] - value) / abs(value) for step, value in ref.items())
     print(f"largest relative loss difference: {worst:.3g}")
     assert worst <= 1e-4, f"loss curve differs from the uninterrupted run by up to {worst:.3g} relative"
+
+
+def _worker_node_id(gcs_address: str) -> str:
+    """The node id of the one non-head node (asked in a subprocess: ray.init is process-wide)."""
+    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' not in n['Resources']][0])")
+    out = subprocess.run([sys.executable, "-c", code, gcs_address], env={**os.environ, **services.ray_client_env()},
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.split()[-1]
+
+
+def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, tmp_path):
+    """A Ray drain notice (reason preemption, as a spot reclaim sends) on the node of one worker: the workers
+    checkpoint at their next preemption check; when the node then goes, the run continues on the other node
+    from exactly that checkpoint, so no step is lost or repeated in MLflow."""
+    steps = 40
+    faults, env = _faults(tmp_path, "step@13", "step@15")
+    head = services.start_ray_head(tmp_path / "ray", num_cpus=4, resources={"slot": 1})
+    node = None
+    try:
+        node = services.start_ray_node(tmp_path / "node-b", head.extra["gcs_address"], num_cpus=1,
+                                       resources={"slot": 1}, worker_ports=(20000, 24999))
+        runs = tmp_path / "runs"
+        argv = _argv(str(ns_local), runs, mlflow_server.endpoint, "drain",
+                     [*ELASTIC, f"train.max_steps={steps}", "distributed.preemption_check_every=2"])
+        proc = _start(argv, {**_env(head), **env}, tmp_path / "drain.log")
+        for rank in (0, 1):
+            _held_pid(faults, "step-13", rank, proc)
+        drain = subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", head.extra["gcs_address"],
+             "--node-id", _worker_node_id(head.extra["gcs_address"]), "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+             "--reason-message", "spot reclaim (test)", "--deadline-remaining-seconds", "600"],
+            env=_env(head), capture_output=True, text=True, timeout=120)
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        time.sleep(8)  # Ray Train's preemption watcher polls the drained nodes every 5 s
+        _release(faults, "step-13")
+        deadline = time.monotonic() + 300
+        while not (found := re.findall(r"preemption notice: checkpointing at step (\d+)", proc.log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.log.read_text()[-4000:]
+            time.sleep(0.5)
+        saved = int(found[0])
+        assert saved == 14, f"notice answered at step {saved}, expected the next check (14)"
+        _held_pid(faults, "step-15", 0, proc)
+        _wait_committed(runs, "drain", saved, proc)
+        node.stop()  # the reclaim: the node goes, its worker with it
+        _release(faults, "step-15")
+        out = _finish(proc, timeout=900)
+    finally:
+        if node is not None:
+            node.stop()
+        head.stop()
+    assert f"resumed from step {saved} (saved at world size 2, now 1)" in out, out[-4000:]
+    assert _run(mlflow_server.endpoint, "drain").info.status == "FINISHED"
+    assert _steps(mlflow_server.endpoint, "drain") == list(range(1, steps + 1))
