@@ -6,6 +6,8 @@ STEP) or ``upload`` (the files of step STEP's checkpoint are uploaded, its commi
 rank writes its pid to ``$SCISCALE_FAULT_DIR/POINT-STEP-rankR.pid`` and waits until
 ``$SCISCALE_FAULT_DIR/release-POINT-STEP`` exists, at most ``SCISCALE_FAULT_HOLD_S`` seconds (default 600).
 A test kills the pid it reads, then writes the release file; workers that reach the point later pass it.
+One more POINT holds nothing: ``nan@STEP`` makes the loss of step STEP's first micro-batch NaN on every rank,
+to exercise the ``train.nonfinite`` policy.
 """
 
 from __future__ import annotations
@@ -32,3 +34,9 @@ def hold(point: str, step: int, rank: int) -> None:
     deadline = time.monotonic() + float(os.environ.get("SCISCALE_FAULT_HOLD_S", "600"))
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def poisoned(step: int) -> bool:
+    """Whether the loss of ``step`` is to be made NaN (``nan@STEP`` in ``SCISCALE_FAULT_HOLD``)."""
+    points = os.environ.get("SCISCALE_FAULT_HOLD")
+    return bool(points) and f"nan@{step}" in points.split(",")

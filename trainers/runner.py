@@ -184,6 +184,8 @@ class Runner:
             batch = _to_device(batch, self.engine.device)
             outputs = self.engine(batch)
             loss = self.family.loss(outputs, batch, self.spec.model)
+            if i == 0 and faults.poisoned(self.step + 1):
+                loss = loss * float("nan")
             if not self._finite(loss):
                 # policy "skip": a backward of exact zeros keeps DeepSpeed's accumulation and reduction in step
                 loss = sum(p.sum() for p in self.engine.module.parameters() if p.requires_grad) * 0.0
