@@ -118,7 +118,7 @@ def _resumed_step(out: str, below: int) -> int:
     return step
 
 
-def _wait_committed(runs: Path, run_id: str, step: int, proc, timeout=300) -> None:
+def _wait_committed(runs: Path | str, run_id: str, step: int, proc, timeout=300) -> None:
     """Wait until Ray Train has registered the checkpoint of ``step`` (its checkpoint manager snapshot)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -342,6 +342,8 @@ def test_object_store_outage_run_completes(ns_local, ray_head, mlflow_server, se
     faults, env = _faults(tmp_path, "step@6", "step@30")
     proc = _start(argv, {**_env(ray_head), **env}, tmp_path / "s3-outage.log")
     _outage(seaweedfs, 20, faults, "step-6", proc)
+    _held_pid(faults, "step-30", 1, proc)
+    _wait_committed("s3://chaos/runs", "s3-outage", 8, proc)  # registered after the outage, not only before
     _kill_held(faults, "step-30", 1, proc)  # then a restart that loads its checkpoint from S3
     out = _finish(proc, timeout=900)
     _resumed_step(out, below=30)
