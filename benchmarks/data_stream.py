@@ -1,12 +1,12 @@
 """Streaming throughput on one SeaweedFS bucket, in one run: raw whole-object GETs (the bound) vs the reader.
 
     OMP_NUM_THREADS=1 python benchmarks/data_stream.py [--dense-mib 512] [--mem-mib 128,1024]
-        [--graphs 400000] [--repeats 5] [--prefetch 4]
+        [--graphs 400000] [--repeats 5] [--prefetch 4] [--pin]
 
 Starts SeaweedFS on loopback under /tmp, writes a dense dataset (4x128x128 float32 per sample, 16 MiB
-shards; read with ``--workers`` DataLoader processes, default 0, so shards are held in memory; the disk cache
-with 1 worker process is measured too), more dense datasets of other sizes (memory only) and a small-graph dataset (columnar, ~20 atoms
-each), then prints one table. Bound and reader alternate ``--repeats`` times per client (s3fs and obstore),
+shards; read with ``--workers`` DataLoader processes, default 0, so shards are held in memory; the disk
+cache with 1 worker process is measured too), more dense datasets of other sizes (memory only) and a
+small-graph dataset (columnar, ~20 atoms each), then prints one table. Bound and reader alternate ``--repeats`` times per client (s3fs and obstore),
 each pair back to back on the same bytes, so that a shared machine's load hits both alike: medians and the
 median of the per-pair ratios are reported, with the range. Also: small graphs decoded per second (median;
 per process CPU second too, which load does not change), the 10M-sample / 10k-shard epoch plan (wall and
@@ -210,7 +210,7 @@ def dense_rows(url: str, repeats: int, workers: int) -> list[tuple[str, str, str
     # the disk cache, which DataLoader worker processes need: shards written to files and mapped by 1 worker
     disk, ratios = [], []
     opts = storage_options(url, StorageSpec(client="obstore"))
-    for i in range(max(1, repeats // 2)):
+    for _ in range(max(1, repeats // 2)):
         raw_s, raw_b = raw_get_throughput(url, opts, keys * 2, 4)
         r = read_all(url, "obstore", 32, 1, shard_cache="disk")
         disk.append(r["samples"] * sample_bytes / r["seconds"] / 1e6)

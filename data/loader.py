@@ -202,9 +202,10 @@ def _empty(shape: tuple, dtype) -> tuple[torch.Tensor, np.ndarray]:
     """An uninitialised batch column (tensor, numpy view). In a DataLoader worker process it is allocated in
     shared memory, so that handing it to the training process copies nothing (torch would otherwise copy
     every tensor a worker returns into a new shared-memory segment)."""
-    tensor = torch.from_numpy(np.empty(shape, dtype))
-    if torch.utils.data.get_worker_info() is not None:
-        tensor = torch.empty(shape, dtype=tensor.dtype).share_memory_()
+    if torch.utils.data.get_worker_info() is None:
+        tensor = torch.from_numpy(np.empty(shape, dtype))
+    else:
+        tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).share_memory_()
     return tensor, tensor.numpy()
 
 

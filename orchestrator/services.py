@@ -289,7 +289,7 @@ def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int |
     in its own process group; its ports are picked free and its worker ports kept apart from the head's.
     Returns once the cluster counts it as alive; ``stop()`` takes the node away (its workers die with it)."""
     workdir = Path(workdir).resolve()
-    before = alive_nodes(gcs_address)
+    before = len(alive_nodes(gcs_address))
     argv = [_binary("ray"), "start", "--block", f"--address={gcs_address}", "--node-ip-address=127.0.0.1",
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
@@ -301,7 +301,7 @@ def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int |
         argv.append(f"--resources={json.dumps(resources)}")
     proc = _spawn("ray-node", argv, workdir, env={**ray_client_env(), "RAY_ADDRESS": gcs_address})
     deadline = time.monotonic() + timeout
-    while alive_nodes(gcs_address) <= before:
+    while len(alive_nodes(gcs_address)) <= before:
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_group(proc.pid)
             raise RuntimeError(f"Ray node did not join {gcs_address} in {timeout:.0f} s; log:\n"
@@ -310,14 +310,16 @@ def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int |
     return Service("ray-node", proc.pid, gcs_address, str(workdir / "ray-node.log"), _proc=proc)
 
 
-def alive_nodes(gcs_address: str) -> int:
-    """Live nodes of the cluster at ``gcs_address`` (asked in a subprocess: ray.init is process-wide)."""
-    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))")
-    proc = subprocess.run([sys.executable, "-c", probe, gcs_address], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **ray_client_env()})
+def alive_nodes(gcs_address: str, workers_only: bool = False) -> list[str]:
+    """Node ids of the live nodes of the cluster at ``gcs_address``, without the head's when ``workers_only``
+    (asked in a subprocess: ray.init is process-wide). Empty when the cluster cannot be reached."""
+    probe = ("import json, ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and not (sys.argv[2] == '1' and "
+             "'node:__internal_head__' in n['Resources'])]))")
+    proc = subprocess.run([sys.executable, "-c", probe, gcs_address, "1" if workers_only else "0"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **ray_client_env()})
     lines = proc.stdout.strip().splitlines()
-    return int(lines[-1]) if proc.returncode == 0 and lines and lines[-1].isdigit() else 0
+    return json.loads(lines[-1]) if proc.returncode == 0 and lines and lines[-1].startswith("[") else []
 
 
 def ray_client_env() -> dict[str, str]:

@@ -404,15 +404,6 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(ns_local, mlflow_server, tm
     assert worst <= 1e-4, f"loss curve differs from the uninterrupted run by up to {worst:.3g} relative"
 
 
-def _worker_node_id(gcs_address: str) -> str:
-    """The node id of the one non-head node (asked in a subprocess: ray.init is process-wide)."""
-    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-            "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' not in n['Resources']][0])")
-    out = subprocess.run([sys.executable, "-c", code, gcs_address], env={**os.environ, **services.ray_client_env()},
-                         capture_output=True, text=True, timeout=120, check=True)
-    return out.stdout.split()[-1]
-
-
 def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, tmp_path):
     """A Ray drain notice (reason preemption, as a spot reclaim sends) on the node of one worker: the workers
     checkpoint at their next preemption check; when the node then goes, the run continues on the other node
@@ -430,9 +421,10 @@ def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, 
         proc = _start(argv, {**_env(head), **env}, tmp_path / "drain.log")
         for rank in (0, 1):
             _held_pid(faults, "step-13", rank, proc)
+        worker_node = services.alive_nodes(head.extra["gcs_address"], workers_only=True)[0]
         drain = subprocess.run(
             [sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", head.extra["gcs_address"],
-             "--node-id", _worker_node_id(head.extra["gcs_address"]), "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+             "--node-id", worker_node, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
              "--reason-message", "spot reclaim (test)", "--deadline-remaining-seconds", "600"],
             env=_env(head), capture_output=True, text=True, timeout=120)
         assert drain.returncode == 0, drain.stdout + drain.stderr
