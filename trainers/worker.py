@@ -95,7 +95,7 @@ def remove_uncommitted(storage) -> None:
     for entry in entries:
         if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
             continue
-        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(entry.path))}
+        names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(entry.path, allow_not_found=True))}
         complete = STATE_FILE in names
         if complete:
             with fs.open_input_stream(f"{entry.path}/{STATE_FILE}") as f:
@@ -103,4 +103,18 @@ def remove_uncommitted(storage) -> None:
             complete = commit_names(world) <= names
         if not complete:
             print(f"removing {entry.path}: a checkpoint upload that never completed", flush=True)
-            fs.delete_dir(entry.path)
+            _delete_dir(fs, entry.path)
+
+
+def _delete_dir(fs, path: str) -> None:
+    """Delete ``path``; clean-up must never fail a worker group's start.
+
+    SeaweedFS (and other filer-backed stores) can keep an empty prefix after its objects are gone: a listing
+    shows it as a directory, yet pyarrow's ``delete_dir`` finds no object under it and raises
+    FileNotFoundError. Such a prefix holds nothing; Ray Train never registered it, so it is left alone."""
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        print(f"{path} holds no objects (an empty prefix the store still lists); nothing to remove", flush=True)
+    except OSError as exc:
+        print(f"could not remove {path} ({exc}); it is unregistered, so training goes on", flush=True)
