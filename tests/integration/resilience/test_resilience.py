@@ -246,7 +246,11 @@ def test_sigterm_checkpoints_within_grace_then_resume(reference, ns_local, ray_h
     proc = _start(argv, {**_env(ray_head), **env}, tmp_path / "sigterm.log")
     _held_pid(faults, "step-33", 0, proc)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(1.0)  # the request is written before the workers go on
+    request = runs / "sigterm" / "sciscale" / "checkpoint_request.json"
+    deadline = time.monotonic() + 120
+    while not request.exists():  # the request is written before the workers go on
+        assert proc.poll() is None and time.monotonic() < deadline, proc.log.read_text()[-4000:]
+        time.sleep(0.1)
     _release(faults, "step-33")
     proc.wait(timeout=300)
     out = proc.log.read_text()
@@ -459,7 +463,10 @@ def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, 
         runs = tmp_path / "runs"
         argv = _argv(str(ns_local), runs, mlflow_server.endpoint, "drain",
                      [*ELASTIC, f"train.max_steps={steps}", "distributed.preemption_check_every=2"])
-        proc = _start(argv, {**_env(head), **env}, tmp_path / "drain.log")
+        # Ray Train's preemption watcher polls the drained nodes every 5 s; every 0.5 s here, so that it has
+        # seen the drain long before the workers reach their next check (the driver passes this on)
+        proc = _start(argv, {**_env(head), **env, "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.5"},
+                      tmp_path / "drain.log")
         for rank in (0, 1):
             _held_pid(faults, "step-13", rank, proc)
         worker_node = services.alive_nodes(head.extra["gcs_address"], workers_only=True)[0]
@@ -469,7 +476,7 @@ def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, 
              "--reason-message", "spot reclaim (test)", "--deadline-remaining-seconds", "600"],
             env=_env(head), capture_output=True, text=True, timeout=120)
         assert drain.returncode == 0, drain.stdout + drain.stderr
-        time.sleep(8)  # Ray Train's preemption watcher polls the drained nodes every 5 s
+        time.sleep(8)  # 16 watcher polls
         _release(faults, "step-13")
         deadline = time.monotonic() + 300
         while not (found := re.findall(r"preemption notice: checkpointing at step (\d+)", proc.log.read_text())):
