@@ -25,6 +25,7 @@ import xxhash
 
 STATE_FILE = "trainer_state.json"
 COMMIT_PREFIX = "commit-rank"
+METRICS_FILE = "metrics_unsent.jsonl"  # rank 0: metric points of steps <= the checkpoint's not yet in MLflow
 _CHUNK = 8 << 20
 
 

@@ -16,7 +16,7 @@ from models import load_family
 from orchestrator.spec import JobSpec
 from trainers import checkpoint, ds, weights
 from trainers import faults, resilience
-from trainers.tracking import MetricLogger, NullLogger
+from trainers.tracking import MetricLogger, NullLogger, read_points, write_points
 
 
 class Runner:
@@ -31,6 +31,7 @@ class Runner:
         self._grad_norm = 0.0
         self.resumed_data_state = None
         self.resumed_world_size = world_size
+        self.carried_metrics: list = []  # unsent metric points the resumed checkpoint carried (rank 0)
         self.nonfinite_skipped = 0
         self._preemption_saved = False
         self._request_answered = False
@@ -105,6 +106,8 @@ class Runner:
     def save_state(self, directory: str) -> None:
         """DeepSpeed checkpoint + trainer state (step, data position, RNG) into ``directory``."""
         data_state = self.train_loader.state(self.step) if self.train_loader else None
+        if isinstance(self.logger, MetricLogger):
+            write_points(os.path.join(directory, checkpoint.METRICS_FILE), self.logger.unsent(self.step))
         checkpoint.save(self.engine, directory, self.step, self.rank, self.world,
                         self.spec.distributed.zero_stage, data_state)
 
@@ -114,6 +117,9 @@ class Runner:
         self.step = int(state["step"])
         self.resumed_data_state = state.get("data")
         self.resumed_world_size = int(state["world_size"])
+        carried = os.path.join(directory, checkpoint.METRICS_FILE)
+        if isinstance(self.logger, MetricLogger) and os.path.exists(carried):
+            self.carried_metrics = read_points(carried)
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self) -> dict:
@@ -285,6 +291,7 @@ class Runner:
     def _record_attempt(self) -> None:
         if isinstance(self.logger, MetricLogger):
             resilience.record_attempt(self.logger, self.step, self.world, self.resumed_world_size)
+            self.logger.requeue(self.carried_metrics)  # steps <= the resumed one are never trained again
 
     # ----------------------------------------------------------------------------------------------- eval
     @torch.no_grad()

@@ -25,6 +25,7 @@ class MetricLogger:
         self.run_id = run_id
         self.flush_every_s = flush_every_s
         self._pending: list = []
+        self._inflight: list = []  # taken by the upload thread, not yet acknowledged by the server
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -54,6 +55,7 @@ class MetricLogger:
     def _flush(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
+            self._inflight = batch
         for i in range(0, len(batch), 1000):  # MLflow's per-request limit
             chunk = batch[i:i + 1000]
             for attempt in range(5):
@@ -66,7 +68,23 @@ class MetricLogger:
             else:
                 with self._lock:  # keep what could not be sent; retried at the next flush
                     self._pending[:0] = batch[i:]
+                    self._inflight = []
                 return
+            with self._lock:
+                self._inflight = batch[i + 1000:]
+
+    def unsent(self, through_step: int) -> list:
+        """Points of steps <= ``through_step`` the server has not acknowledged yet (queued or being sent).
+        A checkpoint of that step carries them: a resume from it never trains those steps again, so a worker
+        killed before its next upload would otherwise lose them."""
+        with self._lock:
+            return [m for m in self._inflight + self._pending if m.step <= through_step]
+
+    def requeue(self, metrics: list) -> None:
+        """Send again points a checkpoint carried. Resending a point already stored is harmless: MLflow keeps
+        one row per (key, timestamp, step, value), and these keep their original timestamps."""
+        with self._lock:
+            self._pending[:0] = metrics
 
     def skip_through(self, resumed_step: int) -> None:
         """After a resume at ``resumed_step``: do not log again the steps an earlier attempt already logged."""
@@ -89,9 +107,7 @@ class MetricLogger:
 
     def _write_spool(self, metrics: list) -> None:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spool, "a") as f:
-            for m in metrics:
-                f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+        write_points(self.spool, metrics, mode="a")
         print(f"MLflow unreachable: {len(metrics)} metric points kept in {self.spool}; they are sent by the next "
               "run attempt", flush=True)
 
@@ -99,13 +115,24 @@ class MetricLogger:
         """Metrics a previous attempt could not send (tracking outage at its end) go first."""
         if not self.spool.exists():
             return
-        from mlflow.entities import Metric
-
-        with open(self.spool) as f:
-            items = [Metric(*json.loads(line)) for line in f if line.strip()]
+        items = read_points(self.spool)
         self.spool.unlink()
         with self._lock:
             self._pending[:0] = items
+
+
+def write_points(path, metrics: list, mode: str = "w") -> None:
+    """Metric points as JSON lines [key, value, timestamp, step] (the disk spool, a checkpoint's unsent points)."""
+    with open(path, mode) as f:
+        for m in metrics:
+            f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+
+
+def read_points(path) -> list:
+    from mlflow.entities import Metric
+
+    with open(path) as f:
+        return [Metric(*json.loads(line)) for line in f if line.strip()]
 
 
 class NullLogger:
