@@ -30,7 +30,8 @@ class MetricLogger:
         self._wake = threading.Event()
         self._closed = False
         self.failures = 0
-        self.logged_through = -1  # steps <= this were logged by an earlier attempt (rolled back, replayed)
+        self.resumed_step = -1  # steps <= this are never trained again (their unsent points come with the checkpoint)
+        self.logged_through: dict[str, int] = {}  # key -> last step an earlier attempt logged (replayed steps)
         self.spool = SPOOL_DIR / f"{run_id}.jsonl"
         self._replay_spool()
         self._thread = threading.Thread(target=self._loop, name="mlflow-metrics", daemon=True)
@@ -39,10 +40,11 @@ class MetricLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        if step <= self.logged_through:
-            return  # policy: the first recorded value of a step stays; replayed steps are not logged twice
+        if step <= self.resumed_step:
+            return
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        # policy: the first recorded value of a step stays; replayed steps are not logged twice
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self.logged_through.get(k, -1)]
         with self._lock:
             self._pending.extend(items)
 
@@ -87,12 +89,16 @@ class MetricLogger:
             self._pending[:0] = metrics
 
     def skip_through(self, resumed_step: int) -> None:
-        """After a resume at ``resumed_step``: do not log again the steps an earlier attempt already logged."""
+        """After a resume at ``resumed_step``: do not log again what an earlier attempt already logged.
+
+        Per key, from MLflow's latest point of each key (its step): an upload may have carried a step's training
+        metrics but not its validation metrics, logged a moment later, and the latter must still be sent."""
         try:
-            history = self.client.get_metric_history(self.run_id, "train/loss")
+            latest = self.client.get_run(self.run_id).data.to_proto().metrics
         except Exception:  # noqa: BLE001 - tracking down: replayed steps may then be logged twice
-            history = []
-        self.logged_through = max([resumed_step] + [m.step for m in history])
+            latest = []
+        self.resumed_step = resumed_step
+        self.logged_through = {m.key: m.step for m in latest}
 
     def close(self) -> None:
         """Upload everything still queued, then stop the thread; what cannot be sent goes to the disk spool."""

@@ -85,3 +85,24 @@ def test_points_being_uploaded_count_as_unsent(run):
     assert sorted(m.step for m in logger.unsent(4)) == [4]
     logger.close()
     assert [s for s, _ in _history(client, run_id)] == [1, 2, 3, 4]
+
+
+def test_replay_sends_a_key_the_last_upload_missed(run, tmp_path):
+    """The upload took step 6's training metrics; step 6's validation metrics, logged a moment later, went with
+    the killed process. The replay of step 6 sends the validation point and not the training ones again."""
+    uri, client, run_id = run
+    first = MetricLogger(uri, run_id, flush_every_s=3600)
+    for step in range(1, 7):
+        first.log({"train/loss": 100.0 + step}, step)
+    carried = first.unsent(4)
+    first._flush()
+    first.log({"val/loss": 7.0}, 6)  # killed before the next upload
+    logger = MetricLogger(uri, run_id, flush_every_s=3600)
+    logger.skip_through(4)
+    logger.requeue(carried)
+    for step in (5, 6):
+        logger.log({"train/loss": 200.0 + step}, step)  # a different value would show a second upload
+    logger.log({"val/loss": 7.0}, 6)
+    logger.close()
+    assert _history(client, run_id) == [(s, 100.0 + s) for s in range(1, 7)]
+    assert _history(client, run_id, "val/loss") == [(6, 7.0)]
