@@ -31,7 +31,6 @@ class Runner:
         self._grad_norm = 0.0
         self.resumed_data_state = None
         self.resumed_world_size = world_size
-        self.carried_metrics: list = []  # unsent metric points the resumed checkpoint carried (rank 0)
         self.nonfinite_skipped = 0
         self._preemption_saved = False
         self._request_answered = False
@@ -119,7 +118,7 @@ class Runner:
         self.resumed_world_size = int(state["world_size"])
         carried = os.path.join(directory, checkpoint.METRICS_FILE)
         if isinstance(self.logger, MetricLogger) and os.path.exists(carried):
-            self.carried_metrics = read_points(carried)
+            self.logger.requeue(read_points(carried))  # steps <= the resumed one are never trained again
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self) -> dict:
@@ -291,7 +290,6 @@ class Runner:
     def _record_attempt(self) -> None:
         if isinstance(self.logger, MetricLogger):
             resilience.record_attempt(self.logger, self.step, self.world, self.resumed_world_size)
-            self.logger.requeue(self.carried_metrics)  # steps <= the resumed one are never trained again
 
     # ----------------------------------------------------------------------------------------------- eval
     @torch.no_grad()

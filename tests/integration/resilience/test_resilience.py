@@ -331,15 +331,16 @@ def test_uncommitted_cleanup_survives_empty_prefixes(seaweedfs, monkeypatch):
     from pyarrow import fs as pafs
 
     from trainers.checkpoint import STATE_FILE, commit_names
+    from trainers.ray_job import storage
     from trainers.worker import remove_uncommitted
 
     for key, value in services.s3_env(seaweedfs.endpoint).items():
         monkeypatch.setenv(key, value)
     services.create_bucket(seaweedfs.endpoint, "cleanup")
-    env = services.s3_env(seaweedfs.endpoint)
-    fs = pafs.S3FileSystem(endpoint_override=seaweedfs.endpoint, scheme="http",
-                           access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"])
-    root = "cleanup/runs/r1"
+    # the filesystem Ray Train's workers get for an s3:// runs root
+    runs, fs = storage(SimpleNamespace(runs_root="s3://cleanup/runs"), SimpleNamespace(storage=SimpleNamespace(
+        endpoint_url=None)))
+    root = f"{runs}/r1"
 
     def put(path: str, data: bytes) -> None:
         with fs.open_output_stream(f"{root}/{path}") as f:
