@@ -98,11 +98,11 @@ def read_all(url: str, client: str, global_batch: int, workers: int, collate=Non
     seconds, CPU (this process), samples, memory, mean downloads in flight."""
     manifest = read_manifest(url, storage_options(url))
     spec = DataSpec(train=[{"url": url}], canonical_streams=2, shuffle_window=2, prefetch=PREFETCH,
-                    num_workers=workers, storage=StorageSpec(client=client), shard_cache=shard_cache)
+                    num_workers=workers, shard_cache=shard_cache)
     steps = epochs * manifest.num_samples // global_batch
     rss = PeakRSS()
     loader = build_loader(spec, spec.train, split="train", rank=0, world_size=1, global_batch=global_batch,
-                          micro_batch=global_batch, seed=0, collate=collate)
+                          micro_batch=global_batch, seed=0, collate=collate, storage=StorageSpec(client=client))
     start, cpu, samples = time.perf_counter(), time.process_time(), 0
     for _, micro in zip(range(steps), loader):
         samples += sum(len(mb["sample_id"]) for mb in micro)

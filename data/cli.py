@@ -143,9 +143,9 @@ def cmd_bench(args) -> int:
 
     manifest, options, storage = _open(args)
     spec = DataSpec(train=[{"url": args.url}], canonical_streams=args.streams, prefetch=args.prefetch,
-                    num_workers=args.workers, shard_cache=args.shard_cache, storage=storage)
+                    num_workers=args.workers, shard_cache=args.shard_cache)
     loader = build_loader(spec, spec.train, split="train", rank=0, world_size=1, global_batch=args.global_batch,
-                          micro_batch=args.global_batch, seed=0)
+                          micro_batch=args.global_batch, seed=0, storage=storage)
     start, samples = time.perf_counter(), 0
     try:
         for _, micro in zip(range(args.steps), loader):

@@ -30,14 +30,15 @@ DOWNLOADS_IN_FLIGHT = 4
 
 def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, global_batch: int,
                  micro_batch: int, seed: int, start_step: int = 0, transform: Callable | None = None,
-                 collate: Callable | None = None, resume_state: dict | None = None) -> "StepLoader":
-    """A StepLoader for ``split`` ('train': endless, from ``start_step``; 'val': one pass, padded)."""
+                 collate: Callable | None = None, resume_state: dict | None = None, storage=None) -> "StepLoader":
+    """A StepLoader for ``split`` ('train': endless, from ``start_step``; 'val': one pass, padded); ``storage``
+    is the job's storage settings (data/spec.py StorageSpec; default: the environment's)."""
     if split not in ("train", "val"):
         raise ValueError(f"split {split!r}: expected 'train' or 'val'")
     if not sources:
         raise ValueError(f"data.{split} lists no dataset; add at least one url")
     urls = [s.url for s in sources]
-    options = [storage_options(u, data_spec.storage) for u in urls]
+    options = [storage_options(u, storage) for u in urls]
     manifests = [read_manifest(u, o) for u, o in zip(urls, options)]
     fields = _check_fields(urls, manifests, data_spec.fields)
     per_rank = global_batch // world_size if world_size and global_batch % world_size == 0 else 0

@@ -45,19 +45,32 @@ class SourceSpec(BaseModel):
 
 
 class StorageSpec(BaseModel):
-    """Object-store connection. Credentials are never written in a spec: they come from the environment."""
+    """Where runs live and how object storage is reached: the one set of storage settings, used for datasets,
+    checkpoints, Ray Train's state and run records alike (data/storage.py resolves them). Credentials are never
+    written in a spec: they come from the environment."""
 
     model_config = _CONFIG
 
+    runs_root: str = "runs"
+    """Local path or URL (s3://bucket/prefix, any fsspec URL). Run RUN_ID lives under RUNS_ROOT/RUN_ID."""
     endpoint_url: str | None = None
-    """S3 endpoint (e.g. http://127.0.0.1:8333 for SeaweedFS). Default: AWS_ENDPOINT_URL / S3_ENDPOINT_URL
-    from the environment, else AWS."""
+    """S3 endpoint (e.g. http://127.0.0.1:8333 for SeaweedFS). Default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL,
+    then S3_ENDPOINT_URL from the environment, else AWS."""
     region: str | None = None
-    """S3 region name, where the store needs one."""
+    """S3 region. Default: AWS_REGION, then AWS_DEFAULT_REGION, else us-east-1."""
     anon: bool = False
     """Read public buckets without credentials."""
     client: Literal["auto", "fsspec", "obstore"] = "auto"
     """Shard download client: auto = obstore for s3:// when installed (measured faster), else fsspec."""
+    shared_paths: list[str] = Field(default_factory=list)
+    """Local directories every node of a cluster mounts at the same path (NFS, a Kubernetes volume). Data and
+    runs roots under them may be local paths with `launch --cluster` and `render kuberay`; any other local path
+    is refused there, because no pod or remote node has it."""
+
+    @field_validator("runs_root")
+    @classmethod
+    def _check_root(cls, value: str) -> str:
+        return check_url(value)
 
 
 class DataSpec(BaseModel):
@@ -88,8 +101,6 @@ class DataSpec(BaseModel):
     """Upper bound on the shard cache size per rank (default: prefetch + shuffle_window shards)."""
     fields: list[str] | None = None
     """Fields to read (default: all); each must exist in every dataset's schema, checked at start-up."""
-    storage: StorageSpec = Field(default_factory=StorageSpec)
-    """Object-store endpoint settings (credentials from the environment)."""
 
     @model_validator(mode="after")
     def _check_sources(self) -> "DataSpec":

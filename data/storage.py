@@ -1,4 +1,9 @@
-"""Storage through fsspec (local paths, file://, s3:// via s3fs, any fsspec URL), optionally obstore for S3.
+"""The one storage layer: every URL (local path, file://, s3://, any fsspec protocol) is reached through here.
+
+``SCHEMES`` maps a URL scheme to what it needs: fsspec options (``storage_options``), the pyarrow filesystem Ray
+Train's RunConfig takes (``arrow_filesystem``) and the whole-object GET client of the reader (``build_client``);
+settings come from the job spec's ``storage`` section first, then the environment, in one documented order
+(``resolve_s3``). Runs root, Ray Train storage, reader, writer, converters, generators and the CLI all call it.
 
 Every remote call goes through ``with_retries`` (exponential backoff with jitter on transient errors) and
 ``explain`` (turns a missing object, refused credentials or an unreachable endpoint into a ValueError that
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import fsspec
@@ -22,6 +28,14 @@ _TRANSIENT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeo
 _CREDENTIAL_NAMES = ("PermissionDeniedError", "UnauthenticatedError", "NoCredentialsError")
 
 
+# Read by resolve_s3 in this order; forwarded to Ray workers as they are (orchestrator/launch.py worker_env).
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
+REGION_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+ENV_VARS = (*ENDPOINT_VARS, *REGION_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+            # SeaweedFS rejects the default CRC checksums of newer AWS SDKs
+            "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
+
+
 def _spec_get(storage_spec: Any, name: str):
     if storage_spec is None:
         return None
@@ -30,29 +44,137 @@ def _spec_get(storage_spec: Any, name: str):
     return getattr(storage_spec, name, None)
 
 
-def storage_options(url: str, storage_spec: Any = None) -> dict:
-    """fsspec options for ``url``: S3 endpoint from the spec, else AWS_ENDPOINT_URL / S3_ENDPOINT_URL;
-    credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never from the spec). {} for other URLs."""
-    if not url.startswith(("s3://", "s3a://")):
+def _first_env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How an S3 store is reached, resolved once: the spec first, then the environment (ENDPOINT_VARS,
+    REGION_VARS, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN), then AWS's defaults."""
+
+    endpoint_url: str | None
+    region: str
+    key: str | None
+    secret: str | None
+    token: str | None
+    anon: bool
+
+
+def resolve_s3(storage_spec: Any = None) -> S3Settings:
+    key = os.environ.get("AWS_ACCESS_KEY_ID") or None
+    return S3Settings(endpoint_url=_spec_get(storage_spec, "endpoint_url") or _first_env(ENDPOINT_VARS),
+                      region=_spec_get(storage_spec, "region") or _first_env(REGION_VARS) or "us-east-1",
+                      key=key, secret=os.environ.get("AWS_SECRET_ACCESS_KEY", "") if key else None,
+                      token=os.environ.get("AWS_SESSION_TOKEN") or None,
+                      anon=bool(_spec_get(storage_spec, "anon")))
+
+
+class Scheme:
+    """How the URLs of one scheme are reached; the base class serves any fsspec protocol (memory://, gs://,
+    az://, ... with their fsspec backend installed): fsspec options from the environment, the pyarrow
+    filesystem as a wrapper of the fsspec one, whole-object GETs through fsspec."""
+
+    def options(self, storage_spec: Any) -> dict:
         return {}
-    endpoint = (_spec_get(storage_spec, "endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
-                or os.environ.get("S3_ENDPOINT_URL"))
-    region = _spec_get(storage_spec, "region") or os.environ.get("AWS_REGION") or os.environ.get(
-        "AWS_DEFAULT_REGION")
-    client_kwargs = {k: v for k, v in (("endpoint_url", endpoint), ("region_name", region)) if v}
-    opts: dict[str, Any] = {"client_kwargs": client_kwargs,
-                            # fail over to our own retries quickly instead of botocore's long defaults
-                            "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
-                                              "retries": {"max_attempts": 2}}}
-    if _spec_get(storage_spec, "anon"):
-        opts["anon"] = True
-    elif os.environ.get("AWS_ACCESS_KEY_ID"):
-        opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        opts["secret"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+
+    def arrow(self, url: str, storage_spec: Any):
+        from pyarrow import fs as pafs
+
+        fs, path = filesystem(url, self.options(storage_spec))
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+    def client(self, url: str, options: dict):
+        return FsspecClient(url, options)
+
+
+class LocalScheme(Scheme):
+    """Local paths and file:// URLs; Ray Train writes to them with its own local handling (no filesystem)."""
+
+    def arrow(self, url: str, storage_spec: Any):
+        return None, local_path(url)
+
+
+class S3Scheme(Scheme):
+    """s3:// through s3fs, pyarrow's S3 filesystem for Ray Train's state, and obstore GETs (measured faster)."""
+
+    def options(self, storage_spec: Any) -> dict:
+        s3 = resolve_s3(storage_spec)
+        client_kwargs = {"region_name": s3.region, **({"endpoint_url": s3.endpoint_url} if s3.endpoint_url else {})}
+        opts: dict[str, Any] = {"client_kwargs": client_kwargs,
+                                # fail over to our own retries quickly instead of botocore's long defaults
+                                "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+                                                  "retries": {"max_attempts": 2}}}
+        if s3.anon:
+            opts["anon"] = True
+        elif s3.key:
+            opts.update(key=s3.key, secret=s3.secret, **({"token": s3.token} if s3.token else {}))
+        return opts
+
+    def arrow(self, url: str, storage_spec: Any):
+        from pyarrow import fs as pafs
+
+        s3, kwargs = resolve_s3(storage_spec), {}
+        if s3.endpoint_url:
+            scheme, _, host = s3.endpoint_url.partition("://")
+            kwargs = {"endpoint_override": host, "scheme": scheme}
+        # Ray Train persists its own state (checkpoint registry) here from the controller: a 3 s request timeout
+        # and 3 attempts (pyarrow's defaults) turn a short object-store outage into a failed run
+        fs = pafs.S3FileSystem(access_key=s3.key, secret_key=s3.secret, session_token=s3.token, anonymous=s3.anon,
+                               region=s3.region, request_timeout=60, connect_timeout=10,
+                               retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10), **kwargs)
+        return fs, url.split("://", 1)[1].rstrip("/")
+
+    def client(self, url: str, options: dict):
+        choice = options.get("sciscale_client", "auto")
+        if choice in ("auto", "obstore"):
+            try:
+                return ObstoreClient(url, options)
+            except ImportError:
+                if choice == "obstore":
+                    raise ValueError("storage.client is 'obstore' but obstore is not installed; "
+                                     "pip install obstore or set client: fsspec") from None
+        return FsspecClient(url, options)
+
+
+# One entry per URL scheme with settings of its own; any other fsspec protocol is served by Scheme().
+SCHEMES: dict[str, Scheme] = {"file": LocalScheme(), "s3": S3Scheme(), "s3a": S3Scheme()}
+
+
+def scheme_of(url: str) -> str:
+    """'file' for local paths and file:// URLs, else the URL's scheme."""
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def _scheme(url: str) -> Scheme:
+    return SCHEMES.get(scheme_of(url), Scheme())
+
+
+def local_path(url: str) -> str:
+    """The absolute local path of a local path or file:// URL."""
+    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+
+
+def storage_options(url: str, storage_spec: Any = None) -> dict:
+    """fsspec options for ``url`` from the storage settings and the environment ({} for local paths)."""
+    opts = _scheme(url).options(storage_spec)
     client = _spec_get(storage_spec, "client")
-    if client:
+    if client and scheme_of(url) in ("s3", "s3a"):
         opts["sciscale_client"] = client
     return opts
+
+
+def open_url(url: str, storage_spec: Any = None):
+    """(fsspec filesystem, path inside it) for ``url`` with the storage settings applied."""
+    if scheme_of(url) == "file":
+        return filesystem("file://" + local_path(url))[0], local_path(url)
+    return filesystem(url, storage_options(url, storage_spec))
+
+
+def arrow_filesystem(url: str, storage_spec: Any = None):
+    """(pyarrow filesystem or None for local paths, path inside it): what Ray Train's RunConfig takes as
+    storage_filesystem and storage_path."""
+    return _scheme(url).arrow(url, storage_spec)
 
 
 def _fsspec_options(options: dict | None) -> dict:
@@ -86,20 +208,32 @@ def is_transient(exc: BaseException) -> bool:
     return bool(names & set(_TRANSIENT_NAMES)) or isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
-def explain(exc: BaseException, where: str, options: dict | None = None, missing_hint: str = "") -> ValueError:
-    """A ValueError naming ``where`` and what to do, for an error from a storage call."""
+class StorageError(ValueError):
+    """A storage call that failed, explained; ``transient`` says whether trying again later may succeed (an
+    unreachable store) or not (a missing object, refused credentials): trainers/failures.py reads it."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.transient))
+
+
+def explain(exc: BaseException, where: str, options: dict | None = None, missing_hint: str = "") -> StorageError:
+    """A StorageError (a ValueError) naming ``where`` and what to do, for an error from a storage call."""
     names = {c.__name__ for c in type(exc).__mro__}
     if isinstance(exc, FileNotFoundError) or "NotFoundError" in names:
         hint = missing_hint or "check the URL; if the dataset version is incomplete, rewrite it"
-        return ValueError(f"{where}: object not found. {hint}")
+        return StorageError(f"{where}: object not found. {hint}", transient=False)
     if isinstance(exc, PermissionError) or names & set(_CREDENTIAL_NAMES):
-        return ValueError(f"{where}: access denied ({exc}). Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
-                          f"the environment and that they may read this bucket at {_endpoint(options)}")
+        return StorageError(f"{where}: access denied ({exc}). Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
+                            f"the environment and that they may read this bucket at {_endpoint(options)}", False)
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"} or isinstance(
             exc, ConnectionRefusedError):
-        return ValueError(f"{where}: cannot reach the object store at {_endpoint(options)} ({exc}). Check "
-                          "data.storage.endpoint_url / AWS_ENDPOINT_URL and that the server is running")
-    return ValueError(f"{where}: storage error {type(exc).__name__}: {exc}")
+        return StorageError(f"{where}: cannot reach the object store at {_endpoint(options)} ({exc}). Check "
+                            "storage.endpoint_url / AWS_ENDPOINT_URL and that the server is running", True)
+    return StorageError(f"{where}: storage error {type(exc).__name__}: {exc}", transient=is_transient(exc))
 
 
 def with_retries(fn: Callable[[], Any], where: str, options: dict | None = None, *, attempts: int = 4,
@@ -180,6 +314,8 @@ class ObstoreClient:
             config["skip_signature"] = True
         elif options.get("key"):
             config["access_key_id"], config["secret_access_key"] = options["key"], options.get("secret", "")
+            if options.get("token"):
+                config["token"] = options["token"]
         self.store = S3Store(bucket, prefix=prefix.strip("/") or None, config=config)
 
     def get(self, key: str):
@@ -204,13 +340,5 @@ class ObstoreClient:
 
 
 def build_client(url: str, options: dict | None = None):
-    """The GET client for ``url``: obstore for s3:// when installed (``client: auto``), else fsspec."""
-    choice = (options or {}).get("sciscale_client", "auto")
-    if url.startswith("s3://") and choice in ("auto", "obstore"):
-        try:
-            return ObstoreClient(url, options)
-        except ImportError:
-            if choice == "obstore":
-                raise ValueError("data.storage.client is 'obstore' but obstore is not installed; "
-                                 "pip install obstore or set client: fsspec") from None
-    return FsspecClient(url, options)
+    """The GET client for ``url`` (its scheme's choice: obstore for s3:// with ``client: auto``, else fsspec)."""
+    return _scheme(url).client(url, options or {})

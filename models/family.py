@@ -10,6 +10,32 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class Mismatch:
+    """A spec field that does not fit a dataset (models/<family>/preflight.py ``check``)."""
+
+    field: str
+    """Spec path, e.g. model.grid."""
+    spec_value: Any
+    """What the spec says."""
+    data_value: Any
+    """What the dataset holds."""
+    fix: str
+    """What to change, e.g. 'set model.grid: [33, 64]'."""
+    dataset: str = ""
+    """The dataset's URL (filled in by models.check_data)."""
+
+    def message(self) -> str:
+        return f"{self.dataset or 'the dataset'} has {self.data_value}. Hint: {self.fix}"
+
+
+def raise_mismatches(problems: list[Mismatch]) -> None:
+    """For the workers' transforms: the first mismatch as a ValueError (the preflight shows them all)."""
+    if problems:
+        p = problems[0]
+        raise ValueError(f"{p.field}={p.spec_value!r} does not fit the data: {p.message()}")
+
+
+@dataclass(frozen=True)
 class Family:
     """What the trainer needs from a model family; nothing here knows about distribution."""
 

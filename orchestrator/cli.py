@@ -21,19 +21,37 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a field, e.g. --set train.max_steps=100 (repeatable)")
 
 
-def _load(args):
+def _load(args, check_files: bool = True):
     from orchestrator.specload import load_spec
 
-    return load_spec(args.spec, args.overrides)
+    return load_spec(args.spec, args.overrides, check_files=check_files)
 
 
 def cmd_validate(args) -> int:
-    spec = _load(args)
+    from orchestrator import preflight
     from orchestrator.spec import valid_world_sizes
 
-    print(f"{args.spec}: valid ({spec.model.family}/{getattr(spec.model, 'arch', '?')}, "
+    spec = _load(args, check_files=not args.no_data)
+    notes = [] if args.no_data else preflight.check(spec, args.spec, unreachable_ok=True)
+    for note in notes:
+        _err(f"note: {note}")
+    data = "data not checked (--no-data)" if args.no_data else (
+        "fits its data" if not notes else "fits the data that could be read")
+    print(f"{args.spec}: valid ({spec.model.family}/{getattr(spec.model, 'arch', '?')}, {data}, "
           f"world sizes {spec.distributed.world_sizes()}; any of {valid_world_sizes(spec)} keep the global batch)")
     return 0
+
+
+def _checked(spec, source: str, cluster: str | None):
+    """The preflight of launch and resume: data checked against the spec before Ray or a job starts; for a
+    cluster, local paths no node has are refused, and data this machine cannot read is checked in the job."""
+    from orchestrator import preflight
+
+    if cluster:
+        preflight.cluster_paths(spec, source)
+    for note in preflight.check(spec, source, unreachable_ok=bool(cluster)):
+        _err(f"note: {note}; the cluster job checks it before training starts")
+    return spec
 
 
 def cmd_schema(args) -> int:
@@ -59,7 +77,8 @@ def cmd_plan(args) -> int:
 def cmd_launch(args) -> int:
     from orchestrator.launch import launch
 
-    return launch(_load(args), run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, echo=_err)
+    spec = _checked(_load(args, check_files=not args.cluster), args.spec, args.cluster)
+    return launch(spec, run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, verbose=args.verbose)
 
 
 def cmd_resume(args) -> int:
@@ -68,10 +87,12 @@ def cmd_resume(args) -> int:
     from orchestrator.specload import load_spec
 
     root = absolute_root(args.runs_root)
-    spec = load_spec(f"{root}/{args.run_id}/sciscale/spec.yaml", args.overrides) if "://" not in root else None
+    source = f"{root}/{args.run_id}/sciscale/spec.yaml"
+    spec = load_spec(source, args.overrides, check_files=not args.cluster) if "://" not in root else None
     if spec is None:
         raise ValueError("resume from an s3:// runs root: pass the spec to `sciscale launch SPEC --run-id RUN`")
-    return launch(spec, run_id=args.run_id, cluster=args.cluster, echo=_err)
+    return launch(_checked(spec, source, args.cluster), run_id=args.run_id, cluster=args.cluster,
+                  verbose=args.verbose)
 
 
 def cmd_ui(args) -> int:
@@ -87,8 +108,27 @@ def cmd_ui(args) -> int:
                          "default tracking settings")
     _err(f"MLflow UI for {db} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return subprocess.call([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-                            "--host", args.host, "--port", str(args.port), "--workers", "1"], env=env)
+    # its own process group: stopping `sciscale ui` (Ctrl-C, SIGTERM) stops mlflow server and its uvicorn worker
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+                             "--host", args.host, "--port", str(args.port), "--workers", "1"], env=env,
+                            start_new_session=True)
+    return _wait_stopping_group(proc)
+
+
+def _wait_stopping_group(proc) -> int:
+    import signal
+
+    from orchestrator.services import stop_group
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_group(proc.pid, timeout=10)
+        return 130
 
 
 def cmd_data_tool(args) -> int:
@@ -97,6 +137,9 @@ def cmd_data_tool(args) -> int:
     from data.generators import GENERATOR_MODULES
 
     modules = GENERATOR_MODULES if args.tool == "generate" else CONVERTER_MODULES
+    if args.name is None:
+        print(_tool_list(args.tool, modules))
+        return 0 if args.list_tools else 2
     if args.name not in modules:
         import difflib
 
@@ -105,9 +148,24 @@ def cmd_data_tool(args) -> int:
         raise ValueError(f"unknown {args.tool} name {args.name!r}{hint}; expected one of {', '.join(modules)}")
     module = importlib.import_module(modules[args.name])
     parser = argparse.ArgumentParser(prog=f"sciscale data {args.tool} {args.name}",
-                                     description=(module.__doc__ or "").strip().splitlines()[0])
+                                     description=(module.__doc__ or "").strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     return module.run(parser.parse_args(args.rest))
+
+
+def _tool_list(tool: str, modules: dict[str, str]) -> str:
+    """`sciscale data convert --help`: every converter (or generator) with the first line of its docstring,
+    read from the source without importing it."""
+    import ast
+    from importlib.util import find_spec
+
+    lines = [f"usage: sciscale data {tool} NAME [options]   (`sciscale data {tool} NAME --help` for its options)",
+             "", f"{'converters' if tool == 'convert' else 'generators'}:"]
+    for name, module in modules.items():
+        doc = ast.get_docstring(ast.parse(open(find_spec(module).origin).read())) or ""
+        lines.append(f"  {name:<15} {doc.strip().splitlines()[0] if doc.strip() else ''}")
+    return "\n".join(lines)
 
 
 def _register_data(sub) -> None:
@@ -124,7 +182,8 @@ def _register_data(sub) -> None:
                        ("convert", "convert a dataset from another format to shards")):
         p = data_sub.add_parser(tool, help=f"{what}; `sciscale data {tool} NAME --help` for its options",
                                 add_help=False)
-        p.add_argument("name", help="generator/converter name")
+        p.add_argument("-h", "--help", dest="list_tools", action="store_true", help="list them and exit")
+        p.add_argument("name", nargs="?", help="generator/converter name")
         p.add_argument("rest", nargs=argparse.REMAINDER, help="its own options")
         p.set_defaults(func=cmd_data_tool, tool=tool)
 
@@ -134,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "DeepSpeed, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a job spec and exit")
+    p = sub.add_parser("validate", help="check a job spec, and against its data when that can be read, and exit")
     _spec_args(p)
+    p.add_argument("--no-data", action="store_true", help="check the spec alone, without reading its datasets")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of job specs (for editors)")
@@ -151,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", metavar="ADDRESS", help="Ray Job API address, e.g. http://HEAD:8265")
     p.add_argument("--run-id", help="run id; launching an existing id continues it from its latest checkpoint")
     p.add_argument("--in-cluster", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's, MLflow's and the workers' own output instead of keeping it in the run's logs")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("resume", help="continue a run from its latest checkpoint, into the same MLflow run")
@@ -158,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="runs root the run lives in (default: runs)")
     p.add_argument("--cluster", metavar="ADDRESS", help="submit the resumed run to this Ray cluster")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("-v", "--verbose", action="store_true", help="as for launch")
     p.set_defaults(func=cmd_resume)
 
     from orchestrator import jobs

@@ -6,7 +6,8 @@ import os
 import sys
 import time
 
-from orchestrator.runs import RunState, absolute_root, finish_run, list_runs, mlflow_client, read_record
+from orchestrator.runs import (RunState, absolute_root, failure_lines, finish_run, list_runs, mlflow_client,
+                               read_record)
 
 
 def _cluster(args) -> str:
@@ -60,7 +61,19 @@ def cmd_status(args) -> int:
     if record.job_id:
         print(f"  job: {record.job_id} on {record.cluster}")
     _print_events(run.data.tags)
+    _print_failure(record.run_id, run)
     return 0
+
+
+def _print_failure(run_id: str, run) -> None:
+    """A FAILED run's cause: type, message, rank, step and where the logs are (the tag `sciscale.error`)."""
+    import json
+
+    text = run.data.tags.get("sciscale.error")
+    if run.info.status != "FAILED" or not text and "sciscale.end_reason" not in run.data.tags:
+        return
+    error = json.loads(text) if text else {"type": "error", "message": run.data.tags["sciscale.end_reason"]}
+    print("\n".join("  " + line for line in failure_lines(run_id, error)))
 
 
 def _print_events(tags: dict[str, str]) -> None:
@@ -84,6 +97,9 @@ def events(tags: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def cmd_logs(args) -> int:
+    if not (args.cluster or os.environ.get("SCISCALE_CLUSTER")):
+        return _run_logs(args)
+    args.job_id = args.target
     client = _client(args)
     _job_info(client, args.job_id)
     if not args.follow:
@@ -98,6 +114,49 @@ def cmd_logs(args) -> int:
 
     asyncio.run(tail())
     return 0
+
+
+def _run_logs(args) -> int:
+    """The driver and worker logs a run keeps under RUNS_ROOT/RUN_ID/sciscale/logs/ (every attempt appends)."""
+    from orchestrator.runs import runs_fs
+
+    root = absolute_root(args.runs_root)
+    if read_record(root, args.target) is None:
+        raise ValueError(f"no run {args.target!r} in runs root {root}. Hint: `sciscale ls` lists runs; pass "
+                         "--cluster ADDRESS for the logs of a cluster job")
+    fs, base = runs_fs(root)
+    logs = f"{base}/{args.target}/sciscale/logs"
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{logs}/*.log"))
+    names = [n for n in names if args.rank is None or n == f"worker-rank{args.rank}.log"]
+    if not names:
+        raise ValueError(f"run {args.target} has no logs{' of rank ' + str(args.rank) if args.rank is not None else ''}"
+                         f" in {logs}. Hint: runs launched before sciscale kept logs there have none")
+    for name in names:
+        print(f"==> {logs}/{name} <==")
+        with fs.open(f"{logs}/{name}", "r") as f:
+            sys.stdout.write(f.read())
+    if args.follow:
+        if "://" in root:
+            raise ValueError(f"--follow needs a local runs root; {root} is remote (run `sciscale logs` again)")
+        _follow_local([f"{logs}/{n}" for n in names])
+    return 0
+
+
+def _follow_local(paths: list[str]) -> None:
+    """tail -f for local log files (Ctrl-C to stop)."""
+    files = [open(p) for p in paths]
+    for f in files:
+        f.seek(0, os.SEEK_END)
+    while True:
+        quiet = True
+        for path, f in zip(paths, files):
+            text = f.read()
+            if text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                quiet = False
+        if quiet:
+            time.sleep(0.5)
 
 
 def cmd_stop(args) -> int:
@@ -147,10 +206,12 @@ def register(sub) -> None:
     p.add_argument("--cluster", metavar="ADDRESS")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("logs", help="logs of a cluster job")
-    p.add_argument("job_id")
+    p = sub.add_parser("logs", help="a run's driver and worker logs (runs root), or a cluster job's (--cluster)")
+    p.add_argument("target", help="run id, or job id with --cluster")
+    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--rank", type=int, default=None, help="only this worker's log (runs root)")
     p.add_argument("--cluster", metavar="ADDRESS")
-    p.add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the logs grow (Ctrl-C to stop)")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("stop", help="stop a cluster job; its MLflow run ends KILLED")

@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.runs import RunRecord, RunState, ensure_run, finish_run, new_run_id, ui_url, write_record
+from orchestrator.console import Console, headline
+from orchestrator.runs import (RunLog, RunRecord, RunState, ensure_run, failure_lines, finish_run, new_run_id,
+                               run_context, ui_url, write_record)
 from orchestrator.spec import JobSpec
 from orchestrator.specload import dump_spec
 
@@ -25,14 +27,24 @@ class Stopped(KeyboardInterrupt):
 
 
 def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None, in_cluster: bool = False,
-           echo=print) -> int:
+           verbose: bool = False) -> int:
+    """Create or reopen the run, then train here or submit to ``cluster``; returns the exit code."""
+    console = Console(verbose)
     run_id = run_id or new_run_id(spec)
     record, resumed = ensure_run(spec, run_id)
-    echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
-         f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
+    console.echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
+                 f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
     if cluster:
-        return submit(spec, record, cluster, echo)
-    return run_here(spec, record, echo, connect_existing=in_cluster)
+        return submit(spec, record, cluster, console.echo)
+    run = {**run_context(record, spec), "verbose": verbose}
+    log = RunLog(run, "driver.log", capture=False)
+    console.attach(log)
+    console.echo(f"logs: {log.where.rsplit('/', 1)[0]}/ (driver.log, worker-rank*.log)")
+    try:
+        return run_here(spec, record, run, console, connect_existing=in_cluster)
+    finally:
+        console.close_bar()
+        log.close()
 
 
 _SIGNALS: list[str] = []  # stop signals received; Ray may turn the Stopped we raise into its own error
@@ -43,85 +55,118 @@ _GRACE: dict = {}  # the run being driven and whether a SIGTERM grace checkpoint
 
 def _on_signal(signum, frame):  # noqa: ARG001
     name = signal.Signals(signum).name
-    record, grace = _GRACE.get("record"), _GRACE.get("grace_s", 0)
-    if signum == signal.SIGTERM and record is not None and grace > 0 and not _GRACE.get("started"):
+    run, grace = _GRACE.get("run"), _GRACE.get("grace_s", 0)
+    if signum == signal.SIGTERM and run is not None and grace > 0 and not _GRACE.get("started"):
         _GRACE["started"] = True
-        threading.Thread(target=_grace_checkpoint, args=(record, grace), daemon=True).start()
+        threading.Thread(target=_grace_checkpoint, args=(run, grace), daemon=True).start()
         return
     _SIGNALS.append(name)
     raise Stopped(name)
 
 
-def _grace_checkpoint(record: RunRecord, grace_s: float) -> None:
+def _grace_checkpoint(run: dict, grace_s: float) -> None:
     """SIGTERM (preemption of the driver's node, `kill`): ask the workers for a checkpoint, wait until it is
     committed or the grace period ends, then stop as for any signal."""
     from trainers import resilience
 
-    run = record.__dict__
-    print(f"SIGTERM: asking the workers for a checkpoint; stopping once it is committed or in {grace_s:.0f} s",
-          flush=True)
+    echo = _GRACE.get("echo", print)
+    echo(f"SIGTERM: asking the workers for a checkpoint; stopping once it is committed or in {grace_s:.0f} s")
     deadline = time.monotonic() + grace_s
     try:
         resilience.request_checkpoint(run, "SIGTERM")
         while time.monotonic() < deadline:
             step = resilience.requested_checkpoint_committed(run)
             if step is not None:
-                print(f"checkpoint of step {step} committed; stopping", flush=True)
+                echo(f"checkpoint of step {step} committed; stopping")
                 break
             time.sleep(0.5)
         else:
-            print(f"no checkpoint committed within {grace_s:.0f} s; stopping", flush=True)
+            echo(f"no checkpoint committed within {grace_s:.0f} s; stopping")
     except Exception as exc:  # noqa: BLE001 - stopping is what matters now
-        print(f"checkpoint request failed ({exc}); stopping", flush=True)
+        echo(f"checkpoint request failed ({exc}); stopping")
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_here(spec: JobSpec, record: RunRecord, echo=print, connect_existing: bool = False) -> int:
+def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, connect_existing: bool = False) -> int:
     """Drive the training on a Ray instance from this process; the MLflow status follows the outcome."""
-    import ray
-
-    previous = {}
+    previous, stop = {}, threading.Event()
     try:
-        if not ray.is_initialized():
-            if connect_existing:  # inside a Ray job: the job's runtime env already carries the project
-                ray.init(address="auto", logging_level="WARNING")
-            else:
-                ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=worker_env(), logging_level="WARNING")
+        board = _start_ray(run, console, connect_existing)
         from trainers.resilience import clear_checkpoint_request
 
-        clear_checkpoint_request(record.__dict__)  # a request an earlier, stopped attempt left behind
-        _GRACE.update(record=record, grace_s=spec.distributed.preemption_grace_s, started=False)
+        clear_checkpoint_request(run)  # a request an earlier, stopped attempt left behind
+        _GRACE.update(run=run, grace_s=spec.distributed.preemption_grace_s, started=False, echo=console.echo)
         # after ray.init, which installs handlers of its own
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        threading.Thread(target=console.follow, args=(board, stop), name="sciscale-console", daemon=True).start()
         from trainers.ray_job import fit
 
-        result = fit(spec, record)
+        result = fit(spec, record, run)
     except BaseException as exc:
-        if isinstance(exc, Stopped) or _SIGNALS:
-            finish_run(record, RunState.KILLED, f"stopped by {', '.join(_SIGNALS) or exc}")
-            echo(f"run {record.run_id} stopped; MLflow run {record.mlflow_run_id} marked KILLED")
-            return 130
-        finish_run(record, RunState.FAILED, f"{type(exc).__name__}: {exc}")
-        echo(f"run {record.run_id} FAILED: {type(exc).__name__}: {exc}")
-        raise
+        stop.set()
+        console.close_bar()
+        return _failed(record, run, exc, console)
     finally:
+        stop.set()
         _GRACE.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    time.sleep(0.6)  # the console thread shows rank 0's last events
+    console.close_bar()
     finish_run(record, RunState.FINISHED)
-    echo(f"run {record.run_id} finished at step {result.get('step')}: " +
-         ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items()) if isinstance(v, float)))
-    echo(f"MLflow run id: {record.mlflow_run_id}")
-    echo(f"MLflow UI: {ui_url(record)}")
+    shown = ["train/loss", *headline(result)]
+    console.echo(f"run {record.run_id} finished at step {result.get('step')}: " +
+                 ", ".join(f"{k} {result[k]:.4g}" for k in shown if isinstance(result.get(k), float)))
+    console.echo(f"MLflow run id: {record.mlflow_run_id}")
+    console.echo(f"MLflow UI: {ui_url(record)}")
     return 0
+
+
+def _start_ray(run: dict, console: Console, connect_existing: bool):
+    """ray.init (inside a Ray job: the job's own cluster and runtime env) and the console's progress board."""
+    import ray
+
+    console.quiet()
+    if not ray.is_initialized():
+        quiet = {} if console.verbose else {"log_to_driver": False}
+        if connect_existing:
+            ray.init(address="auto", logging_level="WARNING", **quiet)
+        else:
+            ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=worker_env(), logging_level="WARNING", **quiet)
+    console.quiet()
+    from trainers.progress import create_board
+
+    return create_board(run["run_id"])
+
+
+def _failed(record: RunRecord, run: dict, exc: BaseException, console: Console) -> int:
+    """End the MLflow run KILLED (a stop signal) or FAILED (with its cause in tags), and say why on one screen;
+    the traceback is in driver.log and the worker's log."""
+    import traceback
+
+    from trainers.failures import first_cause
+
+    traceback.print_exception(exc, file=console.log.file if console.log else sys.stderr)
+    if isinstance(exc, Stopped) or _SIGNALS:
+        finish_run(record, RunState.KILLED, f"stopped by {', '.join(_SIGNALS) or exc}")
+        console.echo(f"run {record.run_id} stopped; MLflow run {record.mlflow_run_id} marked KILLED")
+        return 130
+    cause = first_cause(exc)
+    summary = cause.summary() if cause else {"type": type(exc).__name__, "message": str(exc)[:4000], "rank": None,
+                                              "step": None, "deterministic": False, "log": ""}
+    summary["driver_log"] = console.log.where if console.log else ""
+    finish_run(record, RunState.FAILED, f"{summary['type']}: {summary['message']}", error=summary)
+    for line in failure_lines(record.run_id, summary):
+        console.echo(line)
+    return 1
 
 
 def worker_env() -> dict:
     """Runtime env for Ray workers: this project's packages importable, DeepSpeed on the CPU when no GPU."""
+    from data.storage import ENV_VARS
+
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    for key in ("DS_ACCELERATOR", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "MLFLOW_TRACKING_URI",
-                "OMP_NUM_THREADS"):
+    for key in ("DS_ACCELERATOR", *ENV_VARS, "MLFLOW_TRACKING_URI", "OMP_NUM_THREADS"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return {"env_vars": env}
@@ -149,7 +194,7 @@ def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     record.job_id, record.cluster = job_id, cluster
-    write_record(record, spec.storage.endpoint_url)
+    write_record(record, spec.storage)
     echo(f"submitted job {job_id} to {cluster}")
     echo(f"follow it: sciscale logs {job_id} --cluster {cluster} -f")
     print(job_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,20 +45,69 @@ class RunRecord:
         return json.dumps(asdict(self), indent=2)
 
 
+def run_context(record: RunRecord, spec: JobSpec) -> dict:
+    """What the workers and the Train controller get to reach the run: the record plus the storage settings."""
+    return {**record.__dict__, "storage": spec.storage.model_dump(mode="json")}
+
+
+def log_dir(run: dict) -> tuple[str, str | None]:
+    """(local directory of the run's log files, the runs-root directory they are uploaded to or None): under
+    RUNS_ROOT/RUN_ID/sciscale/logs/ for a local runs root; for a remote one, ~/.cache/sciscale/logs/RUN_ID/
+    first, uploaded when the process ends."""
+    from data.storage import local_path, scheme_of
+
+    root, run_id = run["runs_root"], run["run_id"]
+    if scheme_of(root) == "file":
+        return os.path.join(local_path(root), run_id, "sciscale", "logs"), None
+    return str(Path.home() / ".cache" / "sciscale" / "logs" / run_id), f"{root.rstrip('/')}/{run_id}/sciscale/logs"
+
+
+class RunLog:
+    """One log file of a run (driver.log, worker-rankR.log), appended to by every attempt. With ``capture``
+    this process's stdout and stderr (file descriptors 1 and 2, so output of C++ code and child processes
+    too) go into it until ``close``."""
+
+    def __init__(self, run: dict, name: str, capture: bool = True):
+        local, remote = log_dir(run)
+        os.makedirs(local, exist_ok=True)
+        self.path, self.remote, self.storage = os.path.join(local, name), remote and f"{remote}/{name}", run.get("storage")
+        self.where = self.remote or self.path
+        self.file = open(self.path, "a", buffering=1)
+        self.file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ====\n")
+        self._saved = None
+        if capture:
+            sys.stdout.flush(), sys.stderr.flush()
+            self._saved = (os.dup(1), os.dup(2))
+            os.dup2(self.file.fileno(), 1), os.dup2(self.file.fileno(), 2)
+
+    def close(self) -> None:
+        sys.stdout.flush(), sys.stderr.flush()
+        if self._saved:
+            for fd, saved in zip((1, 2), self._saved):
+                os.dup2(saved, fd)
+                os.close(saved)
+            self._saved = None
+        self.file.close()
+        if self.remote:
+            from data.storage import open_url
+
+            try:
+                fs, path = open_url(self.remote, self.storage)
+                fs.put_file(self.path, path)
+            except Exception as exc:  # noqa: BLE001 - the local copy stays; losing the upload fails nothing
+                print(f"could not upload {self.path} to {self.remote}: {exc}", file=sys.stderr, flush=True)
+
+
 def new_run_id(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def runs_fs(runs_root: str, endpoint_url: str | None = None):
-    """(fsspec filesystem, root path) for a runs root (local path, file:// or s3://)."""
-    import fsspec
+def runs_fs(runs_root: str, storage=None):
+    """(fsspec filesystem, root path) for a runs root, through the one storage layer (data/storage.py)."""
+    from data.storage import open_url
 
-    if runs_root.startswith("s3://"):
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
-        fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint} if endpoint else {})
-        return fs, runs_root[len("s3://"):].rstrip("/")
-    local = Path(runs_root[len("file://"):] if runs_root.startswith("file://") else runs_root).resolve()
-    return fsspec.filesystem("file"), str(local)
+    fs, root = open_url(runs_root, storage)
+    return fs, root.rstrip("/")
 
 
 def absolute_root(runs_root: str) -> str:
@@ -86,8 +136,8 @@ def record_path(runs_root: str, run_id: str) -> str:
     return f"{run_id}/sciscale/run.json"
 
 
-def read_record(runs_root: str, run_id: str, endpoint_url: str | None = None) -> RunRecord | None:
-    fs, root = runs_fs(runs_root, endpoint_url)
+def read_record(runs_root: str, run_id: str, storage=None) -> RunRecord | None:
+    fs, root = runs_fs(runs_root, storage)
     path = f"{root}/{record_path(runs_root, run_id)}"
     if not fs.exists(path):
         return None
@@ -95,8 +145,8 @@ def read_record(runs_root: str, run_id: str, endpoint_url: str | None = None) ->
         return RunRecord(**json.load(f))
 
 
-def write_record(record: RunRecord, endpoint_url: str | None = None, spec_yaml: str | None = None) -> None:
-    fs, root = runs_fs(record.runs_root, endpoint_url)
+def write_record(record: RunRecord, storage=None, spec_yaml: str | None = None) -> None:
+    fs, root = runs_fs(record.runs_root, storage)
     base = f"{root}/{record.run_id}/sciscale"
     fs.makedirs(base, exist_ok=True)
     _atomic_write(fs, f"{base}/run.json", record.to_json())
@@ -111,13 +161,13 @@ def _atomic_write(fs, path: str, text: str) -> None:
     fs.mv(tmp, path)
 
 
-def list_runs(runs_root: str, endpoint_url: str | None = None) -> list[RunRecord]:
-    fs, root = runs_fs(runs_root, endpoint_url)
+def list_runs(runs_root: str, storage=None) -> list[RunRecord]:
+    fs, root = runs_fs(runs_root, storage)
     if not fs.exists(root):
         return []
     records = []
     for entry in sorted(fs.ls(root, detail=False)):
-        rec = read_record(runs_root, entry.rstrip("/").split("/")[-1], endpoint_url)
+        rec = read_record(runs_root, entry.rstrip("/").split("/")[-1], storage)
         if rec is not None:
             records.append(rec)
     return records
@@ -132,8 +182,8 @@ def mlflow_client(uri: str):
 def ensure_run(spec: JobSpec, run_id: str) -> tuple[RunRecord, bool]:
     """Create the run (record + MLflow run) or reopen it; returns (record, resumed)."""
     runs_root = absolute_root(spec.storage.runs_root)
-    endpoint = spec.storage.endpoint_url
-    record = read_record(runs_root, run_id, endpoint)
+    storage = spec.storage
+    record = read_record(runs_root, run_id, storage)
     spec_yaml = dump_spec(spec)
     if record is not None:
         client = mlflow_client(record.tracking_uri)
@@ -141,7 +191,7 @@ def ensure_run(spec: JobSpec, run_id: str) -> tuple[RunRecord, bool]:
         client.update_run(record.mlflow_run_id, status=RunState.RUNNING.value)
         client.set_tag(record.mlflow_run_id, "sciscale.attempts", str(record.attempts))
         client.log_text(record.mlflow_run_id, spec_yaml, f"spec-attempt-{record.attempts}.yaml")
-        write_record(record, endpoint)
+        write_record(record, storage)
         return record, True
     uri = tracking_uri(spec)
     client = mlflow_client(uri)
@@ -152,7 +202,7 @@ def ensure_run(spec: JobSpec, run_id: str) -> tuple[RunRecord, bool]:
                        mlflow_run_id=run.info.run_id)
     _log_params(client, record.mlflow_run_id, spec)
     client.log_text(record.mlflow_run_id, spec_yaml, "spec.yaml")
-    write_record(record, endpoint, spec_yaml)
+    write_record(record, storage, spec_yaml)
     return record, False
 
 
@@ -174,10 +224,14 @@ def _log_params(client, mlflow_run_id: str, spec: JobSpec) -> None:
         client.log_batch(mlflow_run_id, params=params[i:i + 100])
 
 
-def finish_run(record: RunRecord, state: RunState, reason: str | None = None) -> None:
+def finish_run(record: RunRecord, state: RunState, reason: str | None = None, error: dict | None = None) -> None:
+    """Set the MLflow run's final status; ``error`` (type, message, rank, step, logs) goes into the tag
+    ``sciscale.error`` that `sciscale status` shows."""
     client = mlflow_client(record.tracking_uri)
     if reason:
         client.set_tag(record.mlflow_run_id, "sciscale.end_reason", reason[:5000])
+    if error:
+        client.set_tag(record.mlflow_run_id, "sciscale.error", json.dumps(error)[:5000])
     client.set_terminated(record.mlflow_run_id, status=state.value)
 
 
@@ -188,3 +242,16 @@ def ui_url(record: RunRecord) -> str:
     if record.tracking_uri.startswith("http"):
         return f"{record.tracking_uri.rstrip('/')}/{page}"
     return f"http://127.0.0.1:5000/{page} (serve it with `sciscale ui --runs-root {record.runs_root}`)"
+
+
+def failure_lines(run_id: str, e: dict) -> list[str]:
+    """The one screen that says why a run failed (the launch's last words and `sciscale status`)."""
+    where = f" on rank {e['rank']} at step {e['step']}" if e.get("rank") is not None else ""
+    message = e["message"].strip().splitlines() or [""]
+    lines = [f"run {run_id} FAILED{where}: {e['type']}: {message[0]}", *[f"  {m}" for m in message[1:12]]]
+    if e.get("deterministic"):
+        lines.append("  not retried: the error is deterministic (a restart would raise it again)")
+    logs = [x for x in (e.get("log"), e.get("driver_log")) if x]
+    if logs:
+        lines.append("  full log: " + "  ".join(logs))
+    return lines

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from data.spec import DataSpec, check_url
+from data.spec import DataSpec, StorageSpec
 from models import model_spec_classes
 
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
@@ -172,23 +172,6 @@ class DistributedSpec(BaseModel):
         return self
 
 
-class StorageSpec(BaseModel):
-    """Where runs (checkpoints, resolved specs, the embedded MLflow store) live."""
-
-    model_config = _CONFIG
-
-    runs_root: str = "runs"
-    """Local path or s3://bucket/prefix. Run RUN_ID lives under RUNS_ROOT/RUN_ID."""
-    endpoint_url: str | None = None
-    """S3 endpoint for an s3:// runs root (default: AWS_ENDPOINT_URL from the environment).
-    Credentials always come from the environment."""
-
-    @field_validator("runs_root")
-    @classmethod
-    def _check_root(cls, value: str) -> str:
-        return check_url(value)
-
-
 class TrackingSpec(BaseModel):
     """MLflow tracking."""
 
@@ -243,7 +226,7 @@ class JobSpec(BaseModel):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     """ZeRO stage, offload, workers and resources."""
     storage: StorageSpec = Field(default_factory=StorageSpec)
-    """Runs root for checkpoints and run records."""
+    """Runs root and object-store settings (for data, checkpoints and Ray Train's state alike)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """MLflow tracking."""
 

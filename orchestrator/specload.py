@@ -78,12 +78,13 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML; list items by index: data.train.0.url=...)."""
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML; list items by index: data.train[0].url=... or
+    data.train.0.url=...)."""
     for item in overrides:
         if "=" not in item:
             raise SpecError(source, [(item, _MISSING, "expected --set PATH=VALUE, e.g. train.max_steps=100")])
         path, text = item.split("=", 1)
-        keys = path.strip().split(".")
+        keys = [k for k in re.split(r"\.|\[(\d+)\]", path.strip()) if k]  # a.b[0].c as well as a.b.0.c
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -214,14 +215,14 @@ def missing_files(spec: JobSpec) -> list[tuple[str, Any, str]]:
     problems = []
     for split in ("train", "val"):
         for i, source in enumerate(getattr(spec.data, split)):
-            local = _local_path(source.url)
+            local = local_path_of(source.url)
             if local is not None and not (local / "manifest.json").exists():
                 what = "does not exist" if not local.exists() else "has no manifest.json"
                 problems.append((f"data.{split}[{i}].url", source.url,
                                  f"local dataset {local} {what}. Hint: generate one with `sciscale data generate` "
                                  "or convert one with `sciscale data convert`"))
     init = spec.train.init_from
-    if init and _local_path(init) is not None and not _local_path(init).exists():
+    if init and local_path_of(init) is not None and not local_path_of(init).exists():
         problems.append(("train.init_from", init, "file or directory not found"))
     return problems
 
@@ -230,19 +231,20 @@ def absolutize(spec: JobSpec) -> JobSpec:
     """Relative local paths (data URLs, runs root, init_from) are taken from the current directory and made
     absolute, because Ray workers run in directories of their own."""
     for source in [*spec.data.train, *spec.data.val]:
-        local = _local_path(source.url)
+        local = local_path_of(source.url)
         if local is not None and not local.is_absolute():
             source.url = str(local.resolve())
-    root = _local_path(spec.storage.runs_root)
+    root = local_path_of(spec.storage.runs_root)
     if root is not None and not root.is_absolute():
         spec.storage.runs_root = str(root.resolve())
     init = spec.train.init_from
-    if init and _local_path(init) is not None and not _local_path(init).is_absolute():
-        spec.train.init_from = str(_local_path(init).resolve())
+    if init and local_path_of(init) is not None and not local_path_of(init).is_absolute():
+        spec.train.init_from = str(local_path_of(init).resolve())
     return spec
 
 
-def _local_path(url: str) -> Path | None:
+def local_path_of(url: str) -> Path | None:
+    """The local path a data URL, runs root or init_from names, or None for a remote URL."""
     if url.startswith("file://"):
         return Path(url[len("file://"):])
     if "://" in url or url.startswith(("runs:/", "models:/")):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-from orchestrator.runs import RunRecord
+from orchestrator.runs import RunRecord, run_context
 from orchestrator.spec import JobSpec
 
 
@@ -21,25 +22,11 @@ def scaling_config(spec: JobSpec):
 
 
 def storage(record: RunRecord, spec: JobSpec):
-    """(storage_path, storage_filesystem) for Ray Train; s3:// roots get a pyarrow S3 filesystem."""
-    root = record.runs_root
-    if not root.startswith("s3://"):
-        return root, None
-    from pyarrow import fs as pafs
+    """(storage_path, storage_filesystem) for Ray Train, from the one storage layer."""
+    from data.storage import arrow_filesystem
 
-    endpoint = spec.storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs = {"endpoint_override": host, "scheme": scheme}
-    # Ray Train persists its own state (checkpoint registry) here from the controller: a 3 s request timeout
-    # and 3 attempts (pyarrow's defaults) turn a short object-store outage into a failed run
-    filesystem = pafs.S3FileSystem(access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-                                   secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                                   region=os.environ.get("AWS_REGION", "us-east-1"), request_timeout=60,
-                                   connect_timeout=10, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10),
-                                   **kwargs)
-    return root[len("s3://"):], filesystem
+    filesystem, path = arrow_filesystem(record.runs_root, spec.storage)
+    return path, filesystem
 
 
 def _failure_recorder_class():
@@ -63,17 +50,19 @@ def FailureRecorder(run: dict):  # noqa: N802 - builds the callback without impo
     return _failure_recorder_class()(run)
 
 
-def fit(spec: JobSpec, record: RunRecord) -> dict:
-    """Run training to the end; returns the last reported metrics."""
+def fit(spec: JobSpec, record: RunRecord, run: dict | None = None) -> dict:
+    """Run training to the end; returns the last reported metrics. ``run`` is the context the workers get
+    (orchestrator.runs.run_context)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from trainers.worker import train_loop
 
     storage_path, filesystem = storage(record, spec)
+    run = run or run_context(record, spec)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "run": record.__dict__.copy()},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "run": run},
         torch_config=TorchConfig(backend="nccl" if spec.distributed.use_gpu else "gloo",
                                  timeout_s=spec.distributed.timeout_s),
         scaling_config=scaling_config(spec),
@@ -84,19 +73,39 @@ def fit(spec: JobSpec, record: RunRecord) -> dict:
             failure_config=FailureConfig(max_failures=spec.distributed.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
             worker_runtime_env={"env_vars": _worker_env(spec)},
-            callbacks=[FailureRecorder(record.__dict__.copy())],
+            callbacks=[FailureRecorder(run)],
         ),
     )
-    result = trainer.fit()
+    with _sciscale_failure_policy():
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     return dict(result.metrics or {})
+
+
+@contextlib.contextmanager
+def _sciscale_failure_policy():
+    """Ray Train v2 builds its failure policy with ``create_failure_policy(failure_config)`` inside
+    ``DataParallelTrainer.fit`` and offers no setting for it: swap in trainers/failure_policy.py for the call
+    (tests/unit/trainers/test_trainer_failures.py checks that this hook still exists in the pinned Ray)."""
+    from ray.train.v2.api import data_parallel_trainer
+
+    from trainers.failure_policy import SciscaleFailurePolicy
+
+    original = data_parallel_trainer.create_failure_policy
+    data_parallel_trainer.create_failure_policy = SciscaleFailurePolicy
+    try:
+        yield
+    finally:
+        data_parallel_trainer.create_failure_policy = original
 
 
 def _worker_env(spec: JobSpec) -> dict[str, str]:
     from trainers.faults import ENV_VARS
 
     env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}  # fault injection for chaos tests
+    # Ray Train copies every print() of a worker to its console logger too: each line would appear twice
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
     if not spec.distributed.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
         threads = spec.distributed.resources_per_worker.get("CPU", 1)

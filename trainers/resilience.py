@@ -13,7 +13,7 @@ class RollBack(RuntimeError):
 def _skip_file(run: dict):
     from orchestrator.runs import runs_fs
 
-    fs, root = runs_fs(run["runs_root"])
+    fs, root = runs_fs(run["runs_root"], run.get("storage"))
     return fs, f"{root}/{run['run_id']}/sciscale/skip_steps.json"
 
 
@@ -53,7 +53,7 @@ def utc_stamp() -> str:
 def _sciscale_path(run: dict, name: str):
     from orchestrator.runs import runs_fs
 
-    fs, root = runs_fs(run["runs_root"])
+    fs, root = runs_fs(run["runs_root"], run.get("storage"))
     return fs, f"{root}/{run['run_id']}/sciscale/{name}"
 
 
@@ -91,7 +91,7 @@ def committed_step(run: dict) -> int | None:
     """The step of the latest checkpoint Ray Train has registered (its checkpoint manager snapshot), or None."""
     from orchestrator.runs import runs_fs
 
-    fs, root = runs_fs(run["runs_root"])
+    fs, root = runs_fs(run["runs_root"], run.get("storage"))
     try:
         with fs.open(f"{root}/{run['run_id']}/checkpoint_manager_snapshot.json", "r") as f:
             return int(json.load(f)["latest_checkpoint_result"]["metrics"]["step"])
@@ -127,7 +127,7 @@ def write_audit(run: dict, lines: list[dict]) -> None:
     """Append audit lines as a new object (object stores have no append): samples/steps-FIRST-LAST.jsonl."""
     from orchestrator.runs import runs_fs
 
-    fs, root = runs_fs(run["runs_root"])
+    fs, root = runs_fs(run["runs_root"], run.get("storage"))
     base = f"{root}/{run['run_id']}/sciscale/samples"
     fs.makedirs(base, exist_ok=True)
     name = f"{base}/steps-{lines[0]['step']:09d}-{lines[-1]['step']:09d}-{int(time.time() * 1000)}.jsonl"
@@ -135,11 +135,11 @@ def write_audit(run: dict, lines: list[dict]) -> None:
         f.write("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def read_audit(runs_root: str, run_id: str) -> dict[int, str]:
+def read_audit(runs_root: str, run_id: str, storage=None) -> dict[int, str]:
     """step -> sample-id hash; a replayed step keeps its latest record."""
     from orchestrator.runs import runs_fs
 
-    fs, root = runs_fs(runs_root)
+    fs, root = runs_fs(runs_root, storage)
     out: dict[int, str] = {}
     for path in sorted(fs.glob(f"{root}/{run_id}/sciscale/samples/*.jsonl"), key=lambda p: p.rsplit("-", 1)[-1]):
         with fs.open(path, "r") as f:

@@ -22,9 +22,11 @@ from trainers.tracking import MetricLogger, NullLogger, read_points, write_point
 class Runner:
     """Trains one spec on this worker; rank 0 also talks to MLflow."""
 
-    def __init__(self, spec: JobSpec, run: dict, rank: int, world_size: int, report=None, get_checkpoint=None):
+    def __init__(self, spec: JobSpec, run: dict, rank: int, world_size: int, report=None, get_checkpoint=None,
+                 progress=None):
         self.spec, self.run_info, self.rank, self.world = spec, run, rank, world_size
         self.report = report or _no_report
+        self.progress = progress if progress is not None and rank == 0 else _no_progress
         self.get_checkpoint = get_checkpoint or (lambda: None)
         self.family = load_family(spec.model.family)
         self.step = 0
@@ -56,7 +58,7 @@ class Runner:
             from data.storage import storage_options
 
             url = spec.data.train[0].url
-            self.family.prepare_model(model, spec.model, read_manifest(url, storage_options(url, spec.data.storage)))
+            self.family.prepare_model(model, spec.model, read_manifest(url, storage_options(url, spec.storage)))
         if spec.train.init_from:
             report = weights.load_initial(model, spec.train.init_from)
             self._log_init_report(report)
@@ -84,14 +86,14 @@ class Runner:
         self._loader_args = dict(rank=self.rank, world_size=self.world,
                                  global_batch=self.spec.train.global_batch_size,
                                  micro_batch=self.spec.train.micro_batch_size, seed=self.spec.train.seed,
-                                 collate=self.family.collate)
+                                 collate=self.family.collate, storage=self.spec.storage)
         self.train_loader = None  # built in run(), after load_state() fixed the start step
 
     def _transform(self, url: str):
         from data.format import read_manifest
         from data.storage import storage_options
 
-        return self.family.make_transform(self.spec.model, read_manifest(url, storage_options(url, self.spec.data.storage)))
+        return self.family.make_transform(self.spec.model, read_manifest(url, storage_options(url, self.spec.storage)))
 
     def _val_batches(self):
         from data.loader import build_loader
@@ -223,6 +225,8 @@ class Runner:
         if self.rank == 0:
             print(f"step {self.step}: " + " ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()),
                   flush=True)
+        self.progress("step", step=self.step, max_steps=self.spec.train.max_steps, loss=metrics["train/loss"],
+                      samples_per_s=metrics["train/samples_per_s"], lr=metrics["train/lr"])
         return metrics
 
     def _audit(self, ids: torch.Tensor) -> None:
@@ -288,6 +292,8 @@ class Runner:
         return True
 
     def _record_attempt(self) -> None:
+        self.progress("start", step=self.step, world_size=self.world, saved_world_size=self.resumed_world_size,
+                      max_steps=self.spec.train.max_steps)
         if isinstance(self.logger, MetricLogger):
             resilience.record_attempt(self.logger, self.step, self.world, self.resumed_world_size)
 
@@ -319,6 +325,7 @@ class Runner:
             loader.close()
         metrics = self._reduce_eval(values)
         self.logger.log(metrics, self.step)
+        self.progress("eval", step=self.step, final=final, metrics=metrics)
         if final and self.rank == 0 and first is not None and self.family.plots is not None:
             self._log_plots(*first)
         return metrics
@@ -375,6 +382,10 @@ class Runner:
         if state is not None and isinstance(self.logger, MetricLogger):
             weights.export_model(state, self.family.build_model, self.spec.model, None, self.logger.client,
                                  self.logger.run_id)
+
+
+def _no_progress(kind: str, **fields) -> None:
+    """Ranks other than 0, and runs without a driver console, post nothing."""
 
 
 def _no_report(metrics: dict, checkpoint_dir: str | None = None, background: bool = False) -> None:

@@ -10,14 +10,37 @@ UPLOAD_RETRY_S = 300.0  # an object store may be down this long before a checkpo
 
 
 def train_loop(config: dict) -> None:
+    """Train on this worker. Its output goes to the run's log file (RUNS_ROOT/RUN_ID/sciscale/logs/); any error
+    leaves as a WorkerFailure naming the rank and step and whether a restart could cure it."""
+    import ray.train
+
+    from orchestrator.runs import RunLog
+    from trainers.failures import WorkerFailure
+
+    rank, run = ray.train.get_context().get_world_rank(), config["run"]
+    log = RunLog(run, f"worker-rank{rank}.log", capture=not run.get("verbose"))
+    runner = None
+    try:
+        runner = _build_runner(config, rank)
+        runner.run()
+    except Exception as exc:  # noqa: BLE001 - every error leaves as a WorkerFailure
+        import traceback
+
+        traceback.print_exc()
+        raise WorkerFailure.of(exc, rank, runner.step if runner else 0, log.where) from exc
+    finally:
+        log.close()
+
+
+def _build_runner(config: dict, rank: int):
     import ray.train
     from ray.train import Checkpoint, CheckpointUploadMode
 
     from orchestrator.spec import JobSpec
+    from trainers.progress import ProgressSender
     from trainers.runner import Runner
 
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
 
     def report(metrics: dict, checkpoint_dir: str | None = None, background: bool = False) -> None:
         if checkpoint_dir is None:
@@ -31,9 +54,9 @@ def train_loop(config: dict) -> None:
     spec = JobSpec.model_validate(config["spec"])
     if rank == 0:
         remove_uncommitted(ray.train.get_context().get_storage())
-    runner = Runner(spec, config["run"], rank=rank, world_size=ctx.get_world_size(),
-                    report=report, get_checkpoint=ray.train.get_checkpoint)
-    runner.run()
+    progress = ProgressSender(config["run"].get("run_id")) if rank == 0 else None
+    return Runner(spec, config["run"], rank=rank, world_size=ctx.get_world_size(), report=report,
+                  get_checkpoint=ray.train.get_checkpoint, progress=progress)
 
 
 def upload(checkpoint, dir_name: str, rank: int, step: int):

@@ -11,21 +11,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models.family import raise_mismatches
 from models.pde.config import PdeModelSpec
+from models.pde.preflight import check
 
 
 class PairTransform:
     """Picklable transform ``(sample, rng) -> {"x", "y", "lead_time", "mean", "std"[, "traj", "traj_lead"]}``."""
 
     def __init__(self, spec: PdeModelSpec, attrs: dict, split: str):
-        if "channel_mean" not in attrs or "channel_std" not in attrs:
-            raise ValueError("dataset attrs lack channel_mean/channel_std; write the dataset with a sciscale "
-                             "PDE generator or converter, which compute them on the training split")
         self.mean = np.asarray(attrs["channel_mean"], dtype=np.float32)
         self.std = np.asarray(attrs["channel_std"], dtype=np.float32)
-        if len(self.mean) != spec.in_channels:
-            raise ValueError(f"dataset has {len(self.mean)} channels {attrs.get('channel_names', '')} but "
-                             f"model.in_channels is {spec.in_channels}; set model.in_channels to match")
         self.out_ch, self.stride, self.max_index = spec.out_ch, spec.time_stride, spec.max_time_index
         self.lead_scale = spec.lead_time_scale
         self.eval = split == "val" or attrs.get("split") == "val"
@@ -62,6 +58,7 @@ class PairTransform:
 
 def make_transform(spec: PdeModelSpec, manifest, split: str = "train") -> PairTransform:
     """The family's transform for one dataset; held-out behaviour from ``split`` or the dataset's attrs."""
+    raise_mismatches(check(spec, split, manifest))  # the driver's preflight ran the same check
     return PairTransform(spec, dict(manifest.attrs or {}), split)
 
 

@@ -7,7 +7,9 @@ import torch
 
 from data.converters.weatherbench2 import decode_climatology
 from models.weather.config import WeatherModelSpec
+from models.family import raise_mismatches
 from models.weather.metrics import lat_weights
+from models.weather.preflight import check
 
 
 class WeatherTransform:
@@ -19,15 +21,12 @@ class WeatherTransform:
     """
 
     def __init__(self, spec: WeatherModelSpec, manifest):
+        raise_mismatches(check(spec, "train", manifest))  # the driver's preflight ran the same check
         attrs = manifest.attrs
-        stored = list(attrs.get("variables", []))
-        self.in_idx = _indices(spec.model_inputs, stored, "model.in_variables")
-        self.out_idx = _indices(spec.model_outputs, stored, "model.out_variables")
-        self.lead_idx = _lead_indices(spec, attrs.get("lead_hours", []))
-        _check_grid(spec, attrs)
-        if spec.history > int(attrs.get("history", 1)):
-            raise ValueError(f"model.history={spec.history} but the dataset stores {attrs.get('history', 1)} "
-                             "input steps; convert with a longer --history or lower model.history")
+        stored = list(attrs["variables"])
+        self.in_idx = [stored.index(n) for n in spec.model_inputs]
+        self.out_idx = [stored.index(n) for n in spec.model_outputs]
+        self.lead_idx = [list(attrs["lead_hours"]).index(h) for h in spec.rollout_leads]
         self.history, self.lead = spec.history, float(spec.lead_hours)
         self.mean = np.asarray(attrs["mean"], dtype=np.float32)[:, None, None]
         self.std = np.asarray(attrs["std"], dtype=np.float32)[:, None, None]
@@ -50,30 +49,6 @@ class WeatherTransform:
             "lat_weights": self.weights,
             "time": np.int64(init),
         }
-
-
-def _indices(names: list[str], stored: list[str], field: str) -> list[int]:
-    missing = [n for n in names if n not in stored]
-    if missing:
-        raise ValueError(f"{field}: {missing} are not in the dataset, which stores {stored}; convert them "
-                         "(sciscale data convert weatherbench2 --variables ...) or drop them from the spec")
-    return [stored.index(n) for n in names]
-
-
-def _lead_indices(spec: WeatherModelSpec, stored: list[int]) -> list[int]:
-    missing = [h for h in spec.rollout_leads if h not in stored]
-    if missing:
-        raise ValueError(f"model.lead_hours={spec.lead_hours} x rollout_steps={spec.rollout_steps} needs leads "
-                         f"{missing} h that the dataset does not store (it has {stored}); convert with "
-                         "--leads including them or lower model.rollout_steps")
-    return [stored.index(h) for h in spec.rollout_leads]
-
-
-def _check_grid(spec: WeatherModelSpec, attrs: dict) -> None:
-    grid = (len(attrs.get("lat", [])), len(attrs.get("lon", [])))
-    if grid != tuple(spec.grid):
-        raise ValueError(f"model.grid={tuple(spec.grid)} but the dataset grid is {grid} (lat, lon); set "
-                         f"model.grid: {list(grid)}")
 
 
 def make_transform(spec: WeatherModelSpec, manifest) -> WeatherTransform:

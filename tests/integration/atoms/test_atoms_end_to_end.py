@@ -57,7 +57,7 @@ def test_launch_trains_and_the_run_is_a_calculator(s3_data, seaweedfs, ray_head,
            "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "orchestrator.cli", "launch", SPEC]
     for item in (f"data.train.0.url={s3_data}/train", f"data.val.0.url={s3_data}/val",
-                 f"data.storage.endpoint_url={seaweedfs.endpoint}", f"storage.runs_root={tmp_path / 'runs'}",
+                 f"storage.endpoint_url={seaweedfs.endpoint}", f"storage.runs_root={tmp_path / 'runs'}",
                  f"tracking.uri={mlflow_server.endpoint}"):
         argv += ["--set", item]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)

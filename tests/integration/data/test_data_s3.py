@@ -36,9 +36,9 @@ def dataset(s3) -> str:
     return url
 
 
-def _spec(url: str, client: str = "auto", shard_cache: str = "auto") -> DataSpec:
+def _spec(url: str, shard_cache: str = "auto") -> DataSpec:
     return DataSpec(train=[{"url": url}], canonical_streams=C, shuffle_window=2, prefetch=3, num_workers=0,
-                    storage=StorageSpec(client=client), shard_cache=shard_cache)
+                    shard_cache=shard_cache)
 
 
 def _stream(spec: DataSpec, world: int, start: int, steps: int, **kw) -> str:
@@ -60,9 +60,9 @@ def _stream(spec: DataSpec, world: int, start: int, steps: int, **kw) -> str:
 
 @pytest.mark.parametrize("client, shard_cache", [("fsspec", "memory"), ("obstore", "memory"), ("obstore", "disk")])
 def test_identical_global_batches_for_w_1_2_4_8(dataset, client, shard_cache):
-    spec = _spec(dataset, client, shard_cache)
-    ref = _stream(spec, 1, 0, 24)
-    assert [_stream(spec, w, 0, 24) for w in (2, 4, 8)] == [ref] * 3
+    spec, storage = _spec(dataset, shard_cache), StorageSpec(client=client)
+    ref = _stream(spec, 1, 0, 24, storage=storage)
+    assert [_stream(spec, w, 0, 24, storage=storage) for w in (2, 4, 8)] == [ref] * 3
 
 
 def test_killed_at_random_step_and_resized_resume_same_stream(dataset):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.format import FieldSpec
 from models import load_family
 from models.pde.config import PdeModelSpec
 from models.pde.loss import relative_l1
@@ -26,8 +27,9 @@ def _spec(**kw):
 
 
 def _manifest(channels=2, split="train"):
+    fields = {"u": FieldSpec(dtype="float32", shape=(5, channels, 16, 16)), "t": FieldSpec(dtype="float32", shape=(5,))}
     return SimpleNamespace(attrs={"channel_mean": [0.5] * channels, "channel_std": [2.0] * channels,
-                                  "split": split})
+                                  "split": split}, fields=fields)
 
 
 def _sample(t_len=5, channels=2, n=16):
@@ -67,7 +69,7 @@ def test_validation_examples_use_the_largest_lead_time_and_carry_the_trajectory(
 
 
 def test_transform_rejects_channel_mismatch():
-    with pytest.raises(ValueError, match="model.in_channels is 2"):
+    with pytest.raises(ValueError, match="model.in_channels=2 does not fit the data: the dataset has 3 channels"):
         load_family("pde").make_transform(_spec(), _manifest(channels=3))
 
 

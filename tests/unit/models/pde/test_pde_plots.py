@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.format import FieldSpec
 from models import load_family
 from models.pde.config import PdeModelSpec
 from models.pde.loss import lead_time_errors
@@ -22,7 +23,9 @@ def _one_thread():
 def _val_batch(spec, n=2, t_len=5):
     rng = np.random.default_rng(0)
     attrs = {"channel_mean": [0.1] * spec.in_channels, "channel_std": [2.0] * spec.in_channels, "split": "val"}
-    transform = load_family("pde").make_transform(spec, SimpleNamespace(attrs=attrs))
+    fields = {"u": FieldSpec(dtype="float32", shape=(t_len, spec.in_channels, 16, 16)),
+              "t": FieldSpec(dtype="float32", shape=(t_len,))}
+    transform = load_family("pde").make_transform(spec, SimpleNamespace(attrs=attrs, fields=fields))
     samples = [{"u": rng.normal(size=(t_len, spec.in_channels, 16, 16)).astype(np.float32),
                 "t": np.linspace(0, 1, t_len).astype(np.float32)} for _ in range(n)]
     return load_family("pde").collate([transform(s, rng) for s in samples])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data.converters.weatherbench2 import encode_climatology
+from data.format import FieldSpec
 from models.weather.config import WeatherModelSpec
 from models.weather.transform import collate, make_transform
 
@@ -18,7 +19,9 @@ def _manifest(**over):
     attrs = {"variables": STORED, "lat": [45.0, -45.0], "lon": [0.0, 90.0, 180.0, 270.0], "history": 2,
              "lead_hours": [6, 12, 24], "mean": [1.0, 2.0, 3.0], "std": [2.0, 4.0, 5.0],
              "climatology": encode_climatology(clim, np.array([0, 6, 12, 18]))}
-    return SimpleNamespace(attrs={**attrs, **over})
+    fields = {"inputs": FieldSpec(dtype="float32", shape=(2, 3, 2, 4)),
+              "targets": FieldSpec(dtype="float32", shape=(3, 3, 2, 4)), "time": FieldSpec(dtype="int64", shape=())}
+    return SimpleNamespace(attrs={**attrs, **over}, fields=fields)
 
 
 def _sample(init_hour=18):
@@ -57,10 +60,10 @@ def test_transform_is_picklable_and_collates():
 
 
 @pytest.mark.parametrize("spec_kw, attrs, match", [
-    ({"lead_hours": 48}, {}, "needs leads \\[48\\] h that the dataset does not store"),
-    ({"history": 3}, {}, "model.history=3 but the dataset stores 2"),
+    ({"lead_hours": 48}, {}, "missing \\[48\\] h"),
+    ({"history": 3}, {}, "model.history=3 does not fit the data: the dataset has 2 input step"),
     ({}, {"lon": [0.0, 180.0]}, "set model.grid: \\[2, 2\\]"),
-    ({}, {"variables": STORED[:2]}, "not in the dataset"),
+    ({}, {"variables": STORED[:2]}, "model.variables="),
 ])
 def test_mismatches_between_spec_and_dataset_are_explained(spec_kw, attrs, match):
     with pytest.raises(ValueError, match=match):
