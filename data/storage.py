@@ -182,7 +182,9 @@ def _fsspec_options(options: dict | None) -> dict:
 
 
 def filesystem(url: str, options: dict | None = None):
-    """(fsspec filesystem, path inside it) for ``url``."""
+    """(fsspec filesystem, path inside it) for ``url``; ``options`` None: resolved from the environment."""
+    if options is None:
+        options = storage_options(url)
     try:
         return fsspec.core.url_to_fs(url, **_fsspec_options(options))
     except (ImportError, ValueError) as exc:
@@ -341,4 +343,4 @@ class ObstoreClient:
 
 def build_client(url: str, options: dict | None = None):
     """The GET client for ``url`` (its scheme's choice: obstore for s3:// with ``client: auto``, else fsspec)."""
-    return _scheme(url).client(url, options or {})
+    return _scheme(url).client(url, storage_options(url) if options is None else options)

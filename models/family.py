@@ -25,14 +25,15 @@ class Mismatch:
     """The dataset's URL (filled in by models.check_data)."""
 
     def message(self) -> str:
-        return f"{self.dataset or 'the dataset'} has {self.data_value}. Hint: {self.fix}"
+        where = f"the dataset {self.dataset}" if self.dataset else "the dataset"
+        return f"{where} has {self.data_value}\n    fix: {self.fix}"
 
 
 def raise_mismatches(problems: list[Mismatch]) -> None:
     """For the workers' transforms: the first mismatch as a ValueError (the preflight shows them all)."""
     if problems:
         p = problems[0]
-        raise ValueError(f"{p.field}={p.spec_value!r} does not fit the data: {p.message()}")
+        raise ValueError(f"{p.field}={p.spec_value!r} does not fit the data: " + p.message().replace("\n   ", ";"))
 
 
 @dataclass(frozen=True)

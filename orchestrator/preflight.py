@@ -57,8 +57,8 @@ def _field_problems(spec: JobSpec, where: str, url: str, manifest) -> list:
     wanted = spec.data.fields or []
     absent = [f for f in wanted if f not in manifest.fields]
     if absent:
-        return [("data.fields", wanted, f"{url} has no field {absent}; it has {sorted(manifest.fields)}. "
-                 "Hint: fix data.fields or point data at a dataset with those fields")]
+        return [("data.fields", wanted, f"the dataset {url} has no field {absent}; it has {sorted(manifest.fields)}"
+                 "\n    fix: correct data.fields, or point data at a dataset with those fields")]
     return []
 
 
@@ -72,9 +72,9 @@ def cluster_paths(spec: JobSpec, source: str) -> None:
         path = local_path_of(url)
         path = path.resolve() if path is not None else None
         if path is not None and not any(path == s or s in path.parents for s in shared):
-            problems.append((where, url, "a local path, which no pod or other node of the cluster has. Hint: put "
-                             "it in object storage (s3://bucket/...), or, if every node mounts it at this path, "
-                             "list the directory in storage.shared_paths"))
+            problems.append((where, url, "a local path, which no pod or other node of the cluster has\n    fix: "
+                             "put it in object storage (s3://bucket/...), or, if every node mounts it at this "
+                             "path, list the directory in storage.shared_paths"))
     if problems:
         raise SpecError(f"{source} for a cluster", problems)
 

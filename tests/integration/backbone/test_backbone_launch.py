@@ -80,10 +80,11 @@ def test_zero_stage_trains_with_decreasing_loss(stage, launcher, mlflow_server):
 
 
 def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server, tmp_path):
-    cmd, env, _ = launcher
+    cmd, env, runs_root = launcher
     proc = _run(cmd("train.max_steps=6", run_id="artifacts"), env)
     client, run = _mlflow_run(mlflow_server, "artifacts")
     assert run.info.run_id in proc.stderr and "MLflow UI" in proc.stderr
+    _check_console(proc, runs_root / "artifacts", env, steps=6)
     assert run.data.params["train.global_batch_size"] == "8"
     assert run.data.params["distributed.zero_stage"] == "2"
     for key in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/step_time_s",
@@ -106,6 +107,81 @@ def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server,
                            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.endpoint,
                                               "PYTHONPATH": ""})
     assert fresh.returncode == 0 and "PREDICTED" in fresh.stdout, fresh.stderr[-3000:]
+
+
+def _check_console(proc, run_dir: Path, env: dict, steps: int) -> None:
+    """One line per logged step, from rank 0 only; Ray's, MLflow's and the workers' own output in the run's
+    log files, not on the screen; `sciscale logs RUN` shows them."""
+    screen = proc.stdout + proc.stderr
+    for step in range(1, steps + 1):
+        assert screen.count(f"step {step}/{steps} ") == 1, screen[-4000:]
+    for noise in ("(RayTrainWorker", "(TrainController", "Token authentication", "PreemptionWatcher",
+                  "WARNING mlflow", "FutureWarning", "Reporting training result", "Traceback"):
+        assert noise not in screen, f"{noise!r} reached the console:\n{screen[-4000:]}"
+    logs = run_dir / "sciscale" / "logs"
+    assert {p.name for p in logs.iterdir()} == {"driver.log", "worker-rank0.log", "worker-rank1.log"}
+    rank0 = (logs / "worker-rank0.log").read_text()
+    assert rank0.count(f"step {steps}: loss=") == 1, rank0[-3000:]  # Ray Train's print patch is off
+    shown = subprocess.run([sys.executable, "-m", "orchestrator.cli", "logs", run_dir.name, "--runs-root",
+                            str(run_dir.parent), "--rank", "0"], env=env, capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+    assert shown.returncode == 0 and f"step {steps}: loss=" in shown.stdout, shown.stderr
+
+
+def test_deterministic_worker_error_fails_at_once_and_status_says_why(launcher, mlflow_server, ns_data, tmp_path):
+    """A corrupt shard (no restart can cure it; the preflight reads manifests only) ends the run FAILED on
+    the first attempt although max_failures allows three restarts; status prints the cause, rank and step."""
+    import shutil
+
+    cmd, env, runs_root = launcher
+    bad = tmp_path / "corrupt-train"
+    shutil.copytree(ns_data / "train", bad)
+    shard = next((bad / "shards").iterdir())
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    argv = cmd(f"data.train.0.url={bad}", "distributed.max_failures=3", run_id="corrupt")
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr and "run corrupt FAILED on rank " in proc.stderr, proc.stderr[-4000:]
+    assert "does not match the manifest" in proc.stderr and "not retried" in proc.stderr, proc.stderr[-4000:]
+    _, run = _mlflow_run(mlflow_server, "corrupt")
+    assert run.info.status == "FAILED" and run.data.tags["sciscale.group_starts"] == "1", run.data.tags
+    error = json.loads(run.data.tags["sciscale.error"])
+    assert error["type"] == "ValueError" and error["deterministic"] and error["step"] == 0, error
+    assert Path(error["log"]).exists() and "Traceback" in Path(error["log"]).read_text()
+    status = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", "corrupt", "--runs-root",
+                             str(runs_root)], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert status.returncode == 0, status.stderr
+    out = status.stdout
+    assert "FAILED" in out and f"on rank {error['rank']} at step 0: ValueError:" in out, out
+    assert "checksum" in out and f"full log: {error['log']}" in out, out
+
+
+def test_only_s3_endpoint_url_set_puts_data_checkpoints_and_ray_state_on_seaweedfs(launcher, mlflow_server,
+                                                                                  seaweedfs):
+    """With S3_ENDPOINT_URL alone (no AWS_ENDPOINT_URL*), the reader, the checkpoints and Ray Train's own state
+    all reach the test's SeaweedFS: the one storage layer resolves the endpoint for every caller. A local Ray of
+    its own, so no process inherits another endpoint from the session's Ray head."""
+    from data.generators.navier_stokes import generate
+    from data.storage import ENDPOINT_VARS, open_url
+    from orchestrator import services
+
+    cmd, env, _ = launcher
+    services.create_bucket(seaweedfs.endpoint, "s3only")
+    generate("s3://s3only/ns16", n_train=16, n_val=4, resolution=16, seed=0, progress=False)
+    env = {k: v for k, v in env.items() if k not in ENDPOINT_VARS and k != "RAY_ADDRESS"}
+    env["S3_ENDPOINT_URL"] = seaweedfs.endpoint
+    _run(cmd("data.train.0.url=s3://s3only/ns16/train", "data.val.0.url=s3://s3only/ns16/val",
+             "storage.runs_root=s3://s3only/runs", "train.max_steps=4", "train.checkpoint_every=2",
+             run_id="s3only"), env)
+    fs, root = open_url("s3://s3only/runs/s3only")
+    names = {p.rsplit("/", 1)[-1] for p in fs.find(root)}
+    assert "checkpoint_manager_snapshot.json" in names, names  # Ray Train's state
+    assert "commit-rank0.json" in names and "commit-rank1.json" in names, names  # our checkpoints
+    assert {"run.json", "spec.yaml", "driver.log", "worker-rank0.log"} <= names, names
+    _, run = _mlflow_run(mlflow_server, "s3only")
+    assert run.info.status == "FINISHED"
 
 
 def _latest_checkpoint_step(run_dir: Path) -> int | None:

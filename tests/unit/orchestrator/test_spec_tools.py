@@ -15,6 +15,14 @@ def test_override_nested_and_list_items():
     assert raw["optim"]["lr"] == pytest.approx(1e-4) and raw["tracking"]["tags"]["team"] == "x"
 
 
+def test_override_list_items_as_users_write_them():
+    raw = {"data": {"train": [{"url": "a"}, {"url": "b"}]}}
+    apply_overrides(raw, ["data.train[1].url=s3://b/second", "data.train[0].weight=2"])
+    assert raw["data"]["train"] == [{"url": "a", "weight": 2}, {"url": "s3://b/second"}]
+    with pytest.raises(SpecError, match="out of range"):
+        apply_overrides(raw, ["data.train[2].url=x"])
+
+
 def test_override_bad_index():
     with pytest.raises(SpecError, match="out of range"):
         apply_overrides({"data": {"train": [{"url": "a"}]}}, ["data.train.3.url=x"])
