@@ -64,8 +64,12 @@ def handle_kuberay(args: argparse.Namespace) -> int:
     if not args.image:
         raise ValueError("render kuberay: no container image given (--image or $SCISCALE_IMAGE). Hint: build "
                          "infra/container/Dockerfile, push it, and pass e.g. --image ECR_URL/sciscale:0.1.0")
-    # data and weights are read inside the cluster, so local paths are not checked here
+    from orchestrator.preflight import cluster_paths
+
+    # data and weights are read inside the cluster: their existence is not checked here, but a local path no
+    # pod has is refused rather than written into the manifest
     spec = load_spec(args.spec, args.overrides, check_files=False)
+    cluster_paths(spec, args.spec)
     run_id = args.run_id or f"{spec.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     docs = render_kuberay(spec, dump_spec(spec), run_id=run_id, image=args.image, namespace=args.namespace,
                           service_account=args.service_account, capacity=args.capacity,

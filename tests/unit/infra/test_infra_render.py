@@ -38,12 +38,14 @@ def _pods(rayjob: dict) -> list[dict]:
 
 @pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")) + EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_rendered_objects_pass_their_schemas(path, capsys, k8s_validate):
-    docs = _render(path, capsys=capsys)
+    # the debug examples name local paths, refused for a cluster unless shared (tested below): declare them so
+    local = "s3://" not in path.read_text()
+    docs = _render(path, *(["--set", "storage.shared_paths=[/]"] if local else []), capsys=capsys)
     assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"]
     for doc in docs:
         k8s_validate(doc)
     configmap, rayjob = docs
-    spec = load_spec(path, check_files=False)
+    spec = load_spec(path, ["storage.shared_paths=[/]"] if local else [], check_files=False)
     assert rayjob["spec"]["entrypoint"] == "sciscale launch /etc/sciscale/spec.yaml --run-id run-1 --in-cluster"
     assert yaml.safe_load(configmap["data"]["spec.yaml"]) == spec.model_dump(mode="json")
     for pod in _pods(rayjob):
@@ -120,6 +122,21 @@ def test_bad_input_raises_value_error(extra, message, capsys):
     args = _parser().parse_args(["render", "kuberay", str(SPECS / "fixed_cpu.yaml"), "--image", IMAGE, *extra])
     with pytest.raises(ValueError, match=message):
         args.func(args)
+
+
+def test_local_paths_no_pod_has_are_refused_unless_shared(capsys):
+    from orchestrator.specload import SpecError
+
+    local = ["--set", "data.train[0].url=/home/me/data/ns2d", "--set", "storage.runs_root=runs"]
+    args = _parser().parse_args(["render", "kuberay", str(SPECS / "fixed_cpu.yaml"), "--image", IMAGE, *local])
+    with pytest.raises(SpecError) as refused:
+        args.func(args)
+    text = str(refused.value)
+    assert "\n  data.train[0].url\n" in text and "\n  storage.runs_root\n" in text and "shared_paths" in text
+    shared = ["--set", "storage.shared_paths=[/home/me/data]", "--set", "storage.runs_root=/home/me/data/runs"]
+    args = _parser().parse_args(["render", "kuberay", str(SPECS / "fixed_cpu.yaml"), "--image", IMAGE, *local[:2],
+                                 *shared])
+    assert args.func(args) == 0 and "/home/me/data/ns2d" in capsys.readouterr().out
 
 
 def test_missing_image_is_explained(monkeypatch):
