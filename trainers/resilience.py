@@ -150,8 +150,13 @@ def read_audit(runs_root: str, run_id: str, storage=None) -> dict[int, str]:
 
 
 def describe_failure(rank: int, exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"rank {rank}: {type(exc).__name__}: {first[:300]}"
+    """One line for the failure timeline; a worker's WorkerFailure (inside Ray's traceback wrapper) names its
+    original type and step."""
+    exc = getattr(exc, "_base_exc", exc)
+    name, text = getattr(exc, "type_name", type(exc).__name__), getattr(exc, "message", str(exc))
+    step = f" at step {exc.step}" if getattr(exc, "step", None) is not None else ""
+    first = (text.strip().splitlines() or [""])[0]
+    return f"rank {rank}{step}: {name}: {first[:300]}"
 
 
 def record_failure(run: dict, worker_exceptions: dict) -> None:

@@ -104,3 +104,9 @@ def test_status_timeline_orders_starts_and_failures():
 def test_failure_description_is_one_line():
     text = resilience.describe_failure(1, RuntimeError("gloo: connection reset\nlong traceback"))
     assert text == "rank 1: RuntimeError: gloo: connection reset"
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    from trainers.failures import WorkerFailure
+
+    wrapped = UserExceptionWithTraceback(WorkerFailure.of(KeyError("inputs"), 1, 12), "Traceback (most recent ...")
+    assert resilience.describe_failure(1, wrapped) == "rank 1 at step 12: KeyError: 'inputs'"
