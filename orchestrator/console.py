@@ -28,7 +28,7 @@ class Console:
 
     def __init__(self, verbose: bool = False, stream=None):
         self.verbose, self.stream = verbose, stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = _terminal_columns(self.stream) > 0  # a bar needs a width; else plain lines
         self.log = None  # the RunLog of driver.log, once the run is known
         self._handler = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -119,6 +119,15 @@ class Console:
         text = "  ".join(f"{k} {metrics[k]:.4g}" for k in shown)
         self.echo(f"{'final eval' if e.get('final') else 'eval'} at step {e['step']}: {text}"
                   + (f"  (+{len(metrics) - len(shown)} more in MLflow)" if len(metrics) > len(shown) else ""))
+
+
+def _terminal_columns(stream) -> int:
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _step_line(e: dict, eta_s: float | None) -> str:
