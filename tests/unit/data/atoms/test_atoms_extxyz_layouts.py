@@ -90,17 +90,20 @@ def _molecules():
     frames = []
     for i, name in enumerate(["CH4", "NH3", "H2O", "C2H6", "CH3OH", "HCN"]):
         atoms = molecule(name)
+        if i % 2:  # a molecule in a box, still non-periodic: the cell is arbitrary
+            atoms.center(vacuum=4.0)
         atoms.rattle(0.05, seed=i)
         atoms.calc = EMT()  # ASE's EMT has (rough) H, C, N, O parameters: enough for labels
         atoms.get_forces()
+        atoms.calc.results.pop("stress", None)  # EMT also gives boxed molecules a stress; molecule sets have none
         frames.append(atoms)
     return frames
 
 
 def test_non_periodic_molecules_with_ase_keys_train_escaip_and_mace(tmp_path, train_steps):
     frames = _molecules()
-    write(tmp_path / "mol.xyz", frames, format="extxyz")  # no Lattice, pbc="F F F"
-    assert "Lattice" not in (tmp_path / "mol.xyz").read_text()
+    write(tmp_path / "mol.xyz", frames, format="extxyz")  # pbc="F F F"; no Lattice for the unboxed ones
+    assert "Lattice" not in (tmp_path / "mol.xyz").read_text().splitlines()[1]
     url = str(tmp_path / "ds")
     manifest = extxyz.convert(str(tmp_path / "mol.xyz"), url, progress=False)
     attrs = manifest.attrs
@@ -109,6 +112,7 @@ def test_non_periodic_molecules_with_ase_keys_train_escaip_and_mace(tmp_path, tr
     assert attrs["elements"] == ["C", "H", "N", "O"]
     _, samples = _read_all(url)
     assert np.all(samples[0]["cell"] == 0) and np.all(np.isnan(samples[0]["stress"]))
+    assert np.linalg.det(samples[1]["cell"]) > 0 and not samples[1]["pbc"].any()
     assert all(np.isfinite(train_steps("atoms", _spec(), url)))
     # MACE divides the virial by the cell volume: a zero cell must not turn its gradients into NaN
     assert all(np.isfinite(train_steps("atoms", _spec("mace", ["H", "C", "N", "O"]), url)))

@@ -140,7 +140,8 @@ def test_the_well_layout_broadcasts_and_names_channels_as_the_well(tmp_path):
     assert train.attrs["channel_names"] == ["density", "mask", "profile", "velocity_x", "velocity_y",
                                             "D_xx", "D_xy", "D_yx", "D_yy"]
     assert train.attrs["equation"] == "the_well:toy_flow" and train.attrs["params"] == {"Re": 100.0}
-    assert train.attrs["scalars"] == {"Re": [100.0]} and train.attrs["boundary_conditions"] == {"x_periodic": "periodic"}
+    assert train.attrs["scalars"] == {"Re": [100.0]}
+    assert train.attrs["boundary_conditions"] == {"x_periodic": "periodic"}
     u = samples[1]["u"]
     assert u.shape == (3, 9, 8, 8)
     np.testing.assert_array_equal(u[:, 0], a["density"][1, ::2])
