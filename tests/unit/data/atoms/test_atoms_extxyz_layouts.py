@@ -70,8 +70,7 @@ def test_mace_ref_keys_with_nine_stress_numbers_convert_and_train(tmp_path, trai
     assert read_meta(url, manifest, "config_type").tolist() == [0, 1, 0, 0, 0, 0]
     assert read_meta(url, manifest, "config_weight")[1] == 2.0 and read_meta(url, manifest, "forces_weight")[1] == 0.5
     assert read_meta(url, manifest, "energy_weight").tolist() == [1.0] * 6
-    assert all(np.isfinite(train_steps("atoms", _spec(), url)))
-    assert all(np.isfinite(train_steps("atoms", _spec("mace"), url)))
+    assert all(np.isfinite(train_steps("atoms", _spec(), url)))  # MACE trains in the molecule test (builds are slow)
 
 
 def test_virials_become_stress(tmp_path, train_steps):
