@@ -164,10 +164,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="extxyz file: a local path or a URL such as s3://bucket/train.xyz")
     parser.add_argument("--out", required=True, help="dataset URL to write: a local path or s3://bucket/prefix")
     for label, unit in (("energy", "eV"), ("forces", "eV/A"), ("stress", "eV/A^3"), ("virials", "eV")):
-        search = ", ".join(CANDIDATES["stress" if label == "virials" else label])
+        search = ("searched with the stress (see --stress-key)" if label == "virials"
+                  else "the first found of " + ", ".join(CANDIDATES[label]))
         parser.add_argument(f"--{label}-key", default=None,
-                            help=f"where the {label} ({unit}) is stored: KEY, info:KEY, arrays:KEY or calc:NAME "
-                                 f"(ASE's results); default: the first found of {search}")
+                            help=f"key of the {label} ({unit}): KEY, info:KEY, arrays:KEY or calc:NAME (ASE's "
+                                 f"results); default: {search}")
     parser.add_argument("--index", default=":", help="frames to convert, in ASE's slice syntax (default: all)")
     add_neighbor_argument(parser)
     parser.add_argument("--endpoint-url", default=None,
