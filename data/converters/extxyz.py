@@ -24,10 +24,11 @@ from data.converters._atoms import (NEIGHBOR_MAX_RADIUS, AtomsShardWriter, add_n
 CANDIDATES = {
     "energy": ("info:REF_energy", "info:DFT_energy", "info:dft_energy", "info:energy", "calc:energy"),
     "forces": ("arrays:REF_forces", "arrays:DFT_forces", "arrays:dft_forces", "arrays:forces", "calc:forces"),
-    "stress": ("info:REF_stress", "info:DFT_stress", "info:dft_stress", "info:stress", "calc:stress",
-               "info:REF_virials", "info:DFT_virials", "info:dft_virial", "info:virials", "info:virial"),
+    "stress": ("info:REF_stress", "info:DFT_stress", "info:dft_stress", "info:stress", "calc:stress"),
+    "virials": ("info:REF_virials", "info:DFT_virials", "info:dft_virial", "info:virials", "info:virial"),
 }
-"""Where each label is looked for, in order: ``info:``/``arrays:`` keys of the frame, ``calc:`` ASE's results."""
+"""Where each label is looked for, in order: ``info:``/``arrays:`` keys of the frame, ``calc:`` ASE's results.
+Stress is searched in the stress keys, then in the virial keys."""
 _ASE_PROPERTIES = {"energy", "free_energy", "forces", "stress"}
 _HOME = {"energy": "info", "forces": "arrays", "stress": "info", "virials": "info"}
 
@@ -42,13 +43,15 @@ def key_candidates(label: str, key: str) -> tuple[str, ...]:
 
 
 def candidates(keys: dict[str, str | None] | None) -> dict[str, tuple[str, ...]]:
-    """Candidate lists per label from the user's keys (energy, forces, stress, virials; None = search)."""
+    """Candidate lists per label from the user's keys (energy, forces, stress, virials; None = search);
+    ``stress`` lists the stress keys and then the virial keys, which ``virials`` repeats alone."""
     keys = keys or {}
     out = {label: key_candidates(label, keys[label]) if keys.get(label) else CANDIDATES[label]
-           for label in ("energy", "forces")}
-    forced = [c for label in ("stress", "virials") if keys.get(label) for c in key_candidates(label, keys[label])]
-    out["stress"] = tuple(forced) or CANDIDATES["stress"]
-    return out
+           for label in CANDIDATES}
+    if keys.get("stress") or keys.get("virials"):  # a forced key replaces both searches
+        out = {**out, **{label: key_candidates(label, keys[label]) if keys.get(label) else ()
+                         for label in ("stress", "virials")}}
+    return {**out, "stress": out["stress"] + out["virials"]}
 
 
 def lookup(atoms, key: str):
@@ -96,7 +99,9 @@ class LabelledFrames:
 
     def __init__(self, frames, keys: dict[str, str | None] | None = None, where: str = "extxyz"):
         wanted = candidates(keys)
-        self.readers = {label: LabelReader(label, wanted[label], label != "stress") for label in wanted}
+        self.readers = {label: LabelReader(label, wanted[label], label != "stress")
+                        for label in ("energy", "forces", "stress")}
+        self.virial_keys = set(wanted["virials"])
         self.frames, self.where = frames, where
 
     def __iter__(self):
@@ -110,7 +115,7 @@ class LabelledFrames:
     def _stress(self, atoms, where: str):
         reader = self.readers["stress"]
         value = reader.read(atoms, where)
-        if value is None or "virial" not in reader.key.lower():
+        if value is None or reader.key not in self.virial_keys:
             return value
         return virials_to_stress(value, atoms, where, reader.key)
 
@@ -164,8 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="extxyz file: a local path or a URL such as s3://bucket/train.xyz")
     parser.add_argument("--out", required=True, help="dataset URL to write: a local path or s3://bucket/prefix")
     for label, unit in (("energy", "eV"), ("forces", "eV/A"), ("stress", "eV/A^3"), ("virials", "eV")):
-        search = ("searched with the stress (see --stress-key)" if label == "virials"
-                  else "the first found of " + ", ".join(CANDIDATES[label]))
+        search = "the first found of " + ", ".join(CANDIDATES[label])
+        search += ", after the stress keys" if label == "virials" else ""
         parser.add_argument(f"--{label}-key", default=None,
                             help=f"key of the {label} ({unit}): KEY, info:KEY, arrays:KEY or calc:NAME (ASE's "
                                  f"results); default: {search}")

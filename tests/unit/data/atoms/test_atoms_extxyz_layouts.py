@@ -173,6 +173,9 @@ def test_key_candidates_and_stress_shapes():
     assert extxyz.key_candidates("forces", "REF_forces") == ("arrays:REF_forces",)
     assert extxyz.key_candidates("stress", "calc:stress") == ("calc:stress",)
     assert extxyz.candidates({"virials": "virial"})["stress"] == ("info:virial",)
+    assert extxyz.candidates({"stress": "stress", "virials": "V"})["stress"] == ("info:stress", "calc:stress",
+                                                                                "info:V")
+    assert extxyz.candidates(None)["stress"][-1] == "info:virial"
     from data.converters._atoms import voigt_stress
 
     full = np.array([[1.0, 6, 5], [6, 2, 4], [5, 4, 3]])
