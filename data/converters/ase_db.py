@@ -1,11 +1,16 @@
-"""ASE databases (.db SQLite, .json, .aselmdb via ase-db-backends, as OMat24 ships) -> sciscale shards."""
+"""Convert an ASE database (.db SQLite, .json, or .aselmdb as OMat24 ships it) to sciscale atoms shards.
+
+Labels are the rows' calculator results (energy, forces, stress); ``config_type`` and MACE's per-structure
+weights (``config_weight``, ``config_<label>_weight``) are read from a row's key-value pairs when present.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from data.converters._atoms import AtomsShardWriter, atoms_sample
+from data.converters._atoms import (NEIGHBOR_MAX_RADIUS, AtomsShardWriter, add_neighbor_argument, atoms_sample,
+                                   frame_meta)
 from data.converters.extxyz import _local_copy
 
 
@@ -22,25 +27,31 @@ def _connect(path: str):
     return ase.db.connect(path)
 
 
+LABEL_KEYS = {"energy": "calc:energy", "forces": "calc:forces", "stress": "calc:stress"}
+"""Where the labels of a row come from: its calculator results."""
+
+
 def db_records(path: str, selection: str | None = None):
-    """Yield stored samples from the rows of an ASE database (rows are named by id in errors)."""
+    """Yield (sample, meta, row name) from the rows of an ASE database (rows are named by id in errors)."""
     db = _connect(path)
     for row in db.select(selection):
         where = f"ase-db {path} row {row.id}"
         atoms = row.toatoms()
         results = atoms.calc.results if atoms.calc is not None else {}
         if "energy" not in results or "forces" not in results:
-            raise ValueError(f"{where}: energy and forces are required, the row has {sorted(results)}; "
-                             "hint: select labelled rows with --select")
-        yield atoms_sample(atoms, float(results["energy"]), results["forces"], results.get("stress"), where)
+            raise ValueError(f"{where}: energy and forces are required, the row's calculator results are "
+                             f"{sorted(results)}; hint: select labelled rows with --select, e.g. 'energy'")
+        sample = atoms_sample(atoms, results["energy"], results["forces"], results.get("stress"), where)
+        yield sample, frame_meta(row.key_value_pairs, where), where
 
 
 def count(path: str, selection: str | None = None) -> int:
+    """Rows matching ``selection``."""
     return _connect(path).count(selection)
 
 
 def convert(source: str, out: str, *, selection: str | None = None, storage_options: dict | None = None,
-            source_options: dict | None = None, progress: bool = True):
+            source_options: dict | None = None, progress: bool = True, neighbor_radius: float = NEIGHBOR_MAX_RADIUS):
     """Convert one ASE database (local path or URL) to a dataset at ``out``; returns the manifest."""
     path, tmp = _local_copy(source, source_options)
     try:
@@ -49,9 +60,9 @@ def convert(source: str, out: str, *, selection: str | None = None, storage_opti
         attrs = {"converter": "ase-db", "source": source, "selection": selection}
         total = count(path, selection)
         with AtomsShardWriter(out, attrs=attrs, storage_options=storage_options, progress=progress,
-                              total=total) as w:
-            for sample in db_records(path, selection):
-                w.append(sample)
+                              total=total, label_keys=LABEL_KEYS, neighbor_radius=neighbor_radius) as w:
+            for sample, meta, where in db_records(path, selection):
+                w.append(sample, meta, where)
         return w.writer.manifest
     finally:
         if tmp:
@@ -59,19 +70,23 @@ def convert(source: str, out: str, *, selection: str | None = None, storage_opti
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="ASE database: .db, .json or .aselmdb (local path or URL)")
-    parser.add_argument("--out", required=True, help="dataset URL (local path or s3://bucket/prefix)")
-    parser.add_argument("--select", default=None, help="ASE-DB selection, e.g. 'natoms<100,energy<0'")
-    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    """Options of ``sciscale data convert ase-db``."""
+    parser.add_argument("source", help="ASE database (.db, .json or .aselmdb): a local path or a URL")
+    parser.add_argument("--out", required=True, help="dataset URL to write: a local path or s3://bucket/prefix")
+    parser.add_argument("--select", default=None, help="rows to convert, in ASE-DB syntax, e.g. 'natoms<100,energy<0'")
+    add_neighbor_argument(parser)
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3 endpoint for s3:// input and output (default: AWS_ENDPOINT_URL)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """CLI entry point; returns the process exit code."""
     from data.spec import StorageSpec
     from data.storage import storage_options
 
     spec = StorageSpec(endpoint_url=args.endpoint_url)
     manifest = convert(args.source, args.out, selection=args.select, storage_options=storage_options(args.out, spec),
-                       source_options=storage_options(args.source, spec))
+                       source_options=storage_options(args.source, spec), neighbor_radius=args.neighbor_radius)
     print(f"wrote {manifest.num_samples} structures to {args.out}")
     return 0
 

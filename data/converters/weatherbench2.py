@@ -1,4 +1,4 @@
-"""WeatherBench2 / ARCO-ERA5 Zarr (local, s3://, gs:// via fsspec) -> sciscale forecast-window shards.
+"""Convert a WeatherBench2 or ARCO-ERA5 Zarr store (local, s3:// or gs://) to sciscale forecast-window shards.
 
 Every sample is one forecast window: ``inputs`` [history, V, H, W] (the input steps, oldest first) and
 ``targets`` [leads, V, H, W] (the fields at each lead after the last input step), float32 in physical units,
@@ -7,7 +7,8 @@ only if every time it needs is in the store and inside its split's time range, s
 (e.g. between generated trajectories), a split boundary, or two shards (each sample is self-contained).
 
 Grids are brought to one orientation: latitude descending (north first, as ERA5) and longitude in
-[0, 360) ascending, whatever the store uses. The manifest attrs hold variables, lat, lon, leads, the
+[0, 360) ascending, whatever the store uses, and dims to (time, latitude, longitude) (WeatherBench2's
+regridded stores hold (time, [level,] longitude, latitude)). The manifest attrs hold variables, lat, lon, leads, the
 per-variable mean and std of the train range, and the train-range climatology per hour of day (for ACC).
 """
 
@@ -33,17 +34,19 @@ _MAX_CLIMATOLOGY_BYTES = 32 * 2**20
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sciscale data convert weatherbench2``."""
-    parser.add_argument("src", help="Zarr store: local path, s3://bucket/x.zarr or gs://bucket/x.zarr")
-    parser.add_argument("--out", required=True, help="output root; one dataset per split under OUT/<split>")
+    parser.add_argument("src", help="Zarr store: a local path, s3://bucket/x.zarr or gs://bucket/x.zarr")
+    parser.add_argument("--out", required=True, help="output root; one dataset per split is written to OUT/<split>")
     parser.add_argument("--variables", required=True,
-                        help="comma list in WeatherBench2 names, levels as suffix: geopotential_500,2m_temperature")
+                        help="comma list in WeatherBench2 names with levels as suffix, e.g. "
+                             "geopotential_500,2m_temperature")
     for split in ("train", "val", "test"):
-        parser.add_argument(f"--{split}", default=None, help=f"{split} time range START:END (inclusive)")
-    parser.add_argument("--history", type=int, default=1, help="input steps per sample")
-    parser.add_argument("--history-step-hours", type=int, default=6)
-    parser.add_argument("--leads", default="6,12,24,48,72", help="lead times in hours, comma list")
+        parser.add_argument(f"--{split}", default=None,
+                            help=f"time range of the {split} split as START:END, both included")
+    parser.add_argument("--history", type=int, default=1, help="input time steps per sample")
+    parser.add_argument("--history-step-hours", type=int, default=6, help="hours between the input time steps")
+    parser.add_argument("--leads", default="6,12,24,48,72", help="lead times in hours, as a comma list")
     parser.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// sources and outputs")
-    parser.add_argument("--shard-mb", type=float, default=64.0)
+    parser.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,23 +137,32 @@ def open_store(src: str, options: dict | None) -> xr.Dataset:
 
 def select_fields(ds: xr.Dataset, variables: list[str], src: str = "store") -> list[xr.DataArray]:
     """One [time, lat, lon] array per requested name; ``name_LEVEL`` selects a pressure level."""
-    out = []
-    for name in variables:
-        if name in ds.data_vars and "level" not in ds[name].dims:
-            out.append(ds[name])
-            continue
-        base, _, level = name.rpartition("_")
-        if base in ds.data_vars and "level" in ds[base].dims and level.isdigit():
-            levels = ds.level.values.tolist()
-            if int(level) not in levels:
-                raise ValueError(f"weatherbench2 {src}: variable {name!r}: level {level} hPa not stored; "
-                                 f"available levels {levels}")
-            out.append(ds[base].sel(level=int(level)).drop_vars("level"))
-            continue
-        hint = (f"; {name} has levels, add one as suffix, e.g. {name}_500" if name in ds.data_vars else "")
-        raise ValueError(f"weatherbench2 {src}: unknown variable {name!r}; stored variables are "
-                         f"{sorted(ds.data_vars)} (pressure levels as suffix: geopotential_500){hint}")
-    return out
+    return [_canonical(_select(ds, name, src), name, src) for name in variables]
+
+
+def _select(ds: xr.Dataset, name: str, src: str) -> xr.DataArray:
+    if name in ds.data_vars and "level" not in ds[name].dims:
+        return ds[name]
+    base, _, level = name.rpartition("_")
+    if base in ds.data_vars and "level" in ds[base].dims and level.isdigit():
+        levels = ds.level.values.tolist()
+        if int(level) not in levels:
+            raise ValueError(f"weatherbench2 {src}: variable {name!r}: level {level} hPa not stored; "
+                             f"available levels {levels}")
+        return ds[base].sel(level=int(level)).drop_vars("level")
+    hint = (f"; {name} has levels, add one as suffix, e.g. {name}_500" if name in ds.data_vars else "")
+    raise ValueError(f"weatherbench2 {src}: unknown variable {name!r}; stored variables are "
+                     f"{sorted(ds.data_vars)} (pressure levels as suffix: geopotential_500){hint}")
+
+
+def _canonical(field: xr.DataArray, name: str, src: str) -> xr.DataArray:
+    """Dims in the order time, latitude, longitude (WeatherBench2's regridded stores keep longitude first)."""
+    want = ("time", "latitude", "longitude")
+    if set(field.dims) != set(want):
+        raise ValueError(f"weatherbench2 {src}: variable {name!r} has dims {field.dims}; expected {want} (plus "
+                         "level for level variables). Constant fields without time and forecast stores with "
+                         "prediction_timedelta are not supported; select a single time-varying field")
+    return field.transpose(*want)
 
 
 def time_hours(ds: xr.Dataset) -> np.ndarray:

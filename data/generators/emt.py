@@ -1,8 +1,9 @@
-"""EMT-labelled structures of Al, Cu, Ag, Au, Ni, Pd, Pt: energy, forces and stress from ASE's EMT.
+"""Generate structures of Al, Cu, Ag, Au, Ni, Pd and Pt labelled with ASE's EMT (energy, forces, stress).
 
 Kinds (mixed by ``--mix``): rattled and strained fcc/bcc bulk cells and random alloys, bulk cells with a
 vacancy, rattled fcc(111)/(100) slabs, and snapshots of short Langevin MD of alloys. Every structure is a
 pure function of (seed, structure index), so a dataset is reproducible and can be regenerated in parts.
+The structure kind is stored as the ``config_type`` meta field (names in the manifest attrs ``config_types``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from data.converters._atoms import AtomsShardWriter, atoms_sample
 METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 KINDS = ("bulk", "vacancy", "surface", "md")
 DEFAULT_MIX = {"bulk": 0.35, "vacancy": 0.15, "surface": 0.15, "md": 0.35}
+LABEL_KEYS = {"energy": "emt:energy", "forces": "emt:forces", "stress": "emt:stress"}
+"""The labels' source: ase.calculators.emt.EMT (stress for fully periodic cells only)."""
 
 
 def _lattice_constant(symbols: list[str]) -> float:
@@ -116,10 +119,12 @@ def generate(url: str, num: int, *, seed: int = 0, mix: dict[str, float] = DEFAU
     if unknown:
         raise ValueError(f"emt: unknown structure kinds {unknown} in --mix; expected some of {list(KINDS)}")
     attrs = {"generator": "emt", "seed": seed, "mix": mix, "max_cell_atoms": max_atoms, "md_steps": md_steps}
-    with AtomsShardWriter(url, attrs=attrs, storage_options=storage_options, progress=progress, total=num) as w:
+    with AtomsShardWriter(url, attrs=attrs, storage_options=storage_options, progress=progress, total=num,
+                          label_keys=LABEL_KEYS) as w:
         for index in range(num):
             atoms = make_structure(seed, index, mix=mix, max_atoms=max_atoms, md_steps=md_steps)
-            w.append(structure_record(atoms, f"emt structure {index} (seed {seed})"))
+            where = f"emt structure {index} (seed {seed})"
+            w.append(structure_record(atoms, where), {"config_type": atoms.info["kind"]}, where)
     return w.writer.manifest
 
 
@@ -135,17 +140,21 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="dataset URL (local path or s3://bucket/prefix)")
-    parser.add_argument("--num", type=int, default=1000, help="number of structures")
-    parser.add_argument("--seed", type=int, default=0, help="seed (use different seeds for train and val)")
+    """Options of ``sciscale data generate emt``."""
+    parser.add_argument("--out", required=True, help="dataset URL to write: a local path or s3://bucket/prefix")
+    parser.add_argument("--num", type=int, default=1000, help="number of structures to generate")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (use different seeds for train and val)")
     parser.add_argument("--max-atoms", type=int, default=32, help="largest cell, in atoms")
-    parser.add_argument("--md-steps", type=int, default=20, help="Langevin steps (5 fs) before an MD snapshot")
+    parser.add_argument("--md-steps", type=int, default=20,
+                        help="Langevin steps of 5 fs before an MD snapshot is taken")
     parser.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()),
-                        help="structure kinds and weights, e.g. bulk=0.35,vacancy=0.15,surface=0.15,md=0.35")
-    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+                        help="structure kinds and their weights, e.g. bulk=0.35,vacancy=0.15,surface=0.15,md=0.35")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3 endpoint for an s3:// output (default: AWS_ENDPOINT_URL)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """CLI entry point; returns the process exit code."""
     from data.storage import storage_options
     from data.spec import StorageSpec
 

@@ -7,6 +7,7 @@ import torch
 from models.atoms.batch import AtomsTransform, collate, example_batch
 from models.atoms.config import AtomsModelSpec, atomic_number
 from models.atoms.loss import loss, metrics
+from models.atoms.neighbors import mean_neighbor_count
 from models.atoms.plots import plots
 from models.family import Family
 
@@ -48,16 +49,31 @@ def manifest_attrs(manifest) -> dict:
 
 
 def prepare_model(model: torch.nn.Module, spec: AtomsModelSpec, manifest) -> None:
-    """Set the fitted per-element reference energies from the training manifest (``reference_energies:
-    fit``). The trainer calls this once after ``build_model`` on the training data's manifest."""
+    """Set what the model takes from the training data: the fitted per-element reference energies
+    (``reference_energies: fit``) and, for MACE with ``mace_avg_num_neighbors: null``, the mean neighbour
+    count at ``model.cutoff``. The trainer calls this once after ``build_model`` on the training manifest."""
+    attrs = manifest_attrs(manifest)
+    if spec.arch == "mace" and spec.mace_avg_num_neighbors is None:
+        model.set_avg_num_neighbors(measured_avg_num_neighbors(attrs, spec.cutoff))
     if spec.reference_energies != "fit":
         return
-    refs = manifest_attrs(manifest).get("reference_energies")
+    refs = attrs.get("reference_energies")
     if refs is None:
         raise ValueError("model.reference_energies is 'fit' but the training manifest has no attrs."
                          "reference_energies; hint: write the dataset with sciscale data generate emt / "
                          "data convert extxyz|ase-db (they fit them), or give {symbol: eV} in the spec")
     set_reference_energies(model, spec, refs, "manifest attrs.reference_energies")
+
+
+def measured_avg_num_neighbors(attrs: dict, cutoff: float) -> float:
+    """MACE's avg_num_neighbors (mean edges per atom at ``cutoff``) from the manifest's ``neighbor_counts``."""
+    counts = attrs.get("neighbor_counts")
+    if not counts:
+        raise ValueError("model.mace_avg_num_neighbors is null (measure it from the data), but the training "
+                         "manifest has no attrs.neighbor_counts; hint: regenerate or convert the dataset with "
+                         "this version (sciscale data generate emt / data convert extxyz|ase-db write it), or "
+                         "set model.mace_avg_num_neighbors")
+    return mean_neighbor_count(counts, cutoff, "model.cutoff vs the training manifest's neighbor_counts")
 
 
 def make_transform(spec: AtomsModelSpec, manifest) -> AtomsTransform:

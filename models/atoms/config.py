@@ -76,8 +76,9 @@ class AtomsModelSpec(BaseModel):
     """Loss weight of the stress error (eV/A^3, 3x3 components); 0 ignores stress labels."""
     loss: Literal["mse", "mae"] = "mse"
     """Error norm of every loss term: squared error or absolute error."""
-    mace_avg_num_neighbors: float = Field(default=30.0, gt=0)
-    """MACE only: the average neighbour count that normalises message sums."""
+    mace_avg_num_neighbors: float | None = Field(default=None, gt=0)
+    """MACE only: the average number of neighbours within ``cutoff`` that divides MACE's message sums. None:
+    measured from the training data at model.cutoff (the manifest's ``neighbor_counts``)."""
     activation_checkpointing: bool = False
     """Recompute each EScAIP layer in the backward pass to save memory."""
 

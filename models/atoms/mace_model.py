@@ -28,8 +28,13 @@ class MaceModel(nn.Module):
         # and moved to the meta device afterwards when the caller builds under torch.device("meta")
         with torch.device("cpu"):
             self.mace = self._build_mace(spec, size, zs)
+            # saved with the weights, so a model rebuilt from its spec (calculator, export) normalises as trained
+            self.register_buffer("avg_num_neighbors", torch.tensor(self._interaction_norm(), dtype=torch.float64))
         if ambient.type == "meta":
             self.mace.to("meta")
+            self.avg_num_neighbors = self.avg_num_neighbors.to("meta")
+        self.register_load_state_dict_pre_hook(_fill_missing_norm)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_norm())
 
     @staticmethod
     def _build_mace(spec: AtomsModelSpec, size: dict, zs: list[int]) -> MACE:
@@ -39,9 +44,24 @@ class MaceModel(nn.Module):
             interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
             num_interactions=size["num_interactions"], num_elements=len(zs),
             hidden_irreps=o3.Irreps(size["hidden_irreps"]), MLP_irreps=o3.Irreps(size["mlp_irreps"]),
-            atomic_energies=np.zeros(len(zs)), avg_num_neighbors=spec.mace_avg_num_neighbors,
+            # no measured value yet: prepare_model sets it from the training manifest
+            atomic_energies=np.zeros(len(zs)), avg_num_neighbors=spec.mace_avg_num_neighbors or 1.0,
             atomic_numbers=zs, correlation=size["correlation"], gate=torch.nn.functional.silu,
         )
+
+    def _interaction_norm(self) -> float:
+        return float(self.mace.interactions[0].avg_num_neighbors)
+
+    def set_avg_num_neighbors(self, value: float) -> None:
+        """MACE's message normalisation: each interaction block divides its neighbour sum by ``value``."""
+        if self.avg_num_neighbors.device.type != "meta":
+            self.avg_num_neighbors.fill_(float(value))
+        for block in self.mace.interactions:
+            block.avg_num_neighbors = float(value)
+
+    def _sync_norm(self) -> None:
+        if self.avg_num_neighbors.device.type != "meta":
+            self.set_avg_num_neighbors(float(self.avg_num_neighbors))
 
     def set_reference_energies(self, energies: torch.Tensor) -> None:
         """Per-element energies indexed by atomic number -> MACE's E0s."""
@@ -63,7 +83,7 @@ class MaceModel(nn.Module):
         shifts = torch.einsum("ec,ecd->ed", unit_shifts, batch["cell"][batch["batch"][sender]])
         ptr = torch.cat([batch["n_atoms"].new_zeros(1), batch["n_atoms"].cumsum(0)])
         return {
-            "positions": batch["positions"].detach().clone(), "cell": batch["cell"],
+            "positions": batch["positions"].detach().clone(), "cell": _with_volume(batch["cell"]),
             "node_attrs": nn.functional.one_hot(idx, len(self.mace.atomic_numbers)).to(batch["positions"].dtype),
             "edge_index": torch.stack([sender, batch["nbr_idx"][mask]]), "unit_shifts": unit_shifts,
             "shifts": shifts, "batch": batch["batch"], "ptr": ptr,
@@ -79,3 +99,18 @@ class MaceModel(nn.Module):
         if not self.training:
             result = {k: v.detach() for k, v in result.items()}
         return result
+
+
+def _with_volume(cell: torch.Tensor) -> torch.Tensor:
+    """Zero cells (molecules) become the unit cell. MACE divides the virial by the cell volume and zeroes the
+    infinite result with torch.where, whose backward still multiplies by 1/0 = inf: NaN gradients. A
+    non-periodic structure has no cell shifts, so the substitute changes only that (unused) stress."""
+    flat = torch.linalg.det(cell).abs() < 1e-9
+    eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand_as(cell)
+    return torch.where(flat[:, None, None], eye, cell)
+
+
+def _fill_missing_norm(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                       error_msgs) -> None:
+    """Weights saved before the buffer existed keep the spec's value (they were trained with it)."""
+    state_dict.setdefault(prefix + "avg_num_neighbors", module.avg_num_neighbors.detach().clone())

@@ -67,3 +67,16 @@ def padded_neighbors(positions, cell, pbc, cutoff: float, max_neighbors: int) ->
     """Neighbour list and padding in one call."""
     i, j, shifts, d = neighbor_list(positions, cell, pbc, cutoff)
     return pad_neighbors(i, j, shifts, d, len(positions), max_neighbors)
+
+
+def mean_neighbor_count(counts: dict, cutoff: float, where: str = "neighbor_counts") -> float:
+    """Mean number of neighbours per atom within ``cutoff`` from a manifest's ``neighbor_counts`` attrs
+    (cumulative pair counts at multiples of ``bin_width``, interpolated linearly between bin edges)."""
+    radius, width = float(counts["max_radius"]), float(counts["bin_width"])
+    if not 0 < cutoff <= radius:
+        raise ValueError(f"{where}: neighbour counts were measured up to {radius:g} A, but the cutoff is "
+                         f"{cutoff:g} A; hint: convert the data again with --neighbor-radius >= {cutoff:g}, "
+                         "or set model.mace_avg_num_neighbors")
+    cumulative = np.asarray(counts["cumulative"], dtype=np.float64)
+    pairs = np.interp(cutoff / width, np.arange(len(cumulative)), cumulative)
+    return float(pairs) / max(int(counts["atoms"]), 1)

@@ -4,6 +4,12 @@ Each variable is patch-embedded with its own weights (variable tokenisation) and
 variable embedding; one cross-attention layer with a learned query folds the variables of a patch into one
 token; fixed 2D sin-cos positions and a lead-time embedding are added; ViT blocks and an MLP head follow.
 The vocabulary (``spec.variables``) fixes the parameters; any subset of it can be fed (fine-tuning).
+
+A grid side that is not a multiple of the patch size is padded before the patch embedding and the output is
+cropped back, so the model works on the data grid (e.g. 33, 121 or 721 latitudes with both poles). Latitude
+rows are continued across the pole: the row at 90 + d degrees is the row at 90 - d degrees half a turn round
+in longitude (the pole row itself is not repeated on a grid with poles; on a pole-free grid, whose pole lies
+half a step beyond the edge row, the edge row is its own mirror). Longitude, being periodic, wraps.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class ClimaX(nn.Module):
         super().__init__()
         dim, depth, heads, decoder_depth = CLIMAX_SIZES[spec.size]
         self.patch, self.grid, self.residual = spec.patch, tuple(spec.grid), spec.residual
+        self.poles = spec.has_poles
+        self.padded = tuple(n + (-n) % self.patch for n in self.grid)
         self.activation_checkpointing = False  # set by the trainer from distributed.activation_checkpointing
         vocab = spec.variables
         self.register_buffer("in_ids", torch.tensor([vocab.index(v) for v in spec.model_inputs]), persistent=False)
@@ -81,7 +89,7 @@ class ClimaX(nn.Module):
         self.var_embed = nn.Parameter(_sincos_1d(dim, torch.arange(vocab, dtype=torch.float32)))
         self.var_query = nn.Parameter(torch.zeros(1, 1, dim))
         self.var_agg = nn.MultiheadAttention(dim, heads, batch_first=True)
-        h, w = self.grid[0] // p, self.grid[1] // p
+        h, w = self.padded[0] // p, self.padded[1] // p
         self.register_buffer("pos_embed", _sincos_2d(dim, h, w))
         self.lead_embed = nn.Linear(1, dim)
 
@@ -117,6 +125,8 @@ class ClimaX(nn.Module):
         if (hh, ww) != self.grid:
             raise ValueError(f"ClimaX inputs: grid {(hh, ww)} differs from model.grid {self.grid}")
         p = self.patch
+        x = pad_to_multiple(x, self.padded, self.poles)
+        hh, ww = self.padded
         x = x.reshape(b, t, v, hh // p, p, ww // p, p).permute(0, 2, 3, 5, 1, 4, 6)
         patches = x.reshape(b, v, (hh // p) * (ww // p), t * p * p)
         tokens = torch.einsum("bvlk,vkd->bvld", patches, self.patch_weight[self.in_ids])
@@ -130,11 +140,34 @@ class ClimaX(nn.Module):
         return out.reshape(b, n, d)
 
     def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[b, L, vocab * p * p] -> [b, V_out, H, W] for the output variables."""
-        p, (hh, ww) = self.patch, self.grid
+        """[b, L, vocab * p * p] -> [b, V_out, H, W] for the output variables, cropped to the data grid."""
+        p, (hh, ww) = self.patch, self.padded
         b = x.shape[0]
         x = x.reshape(b, hh // p, ww // p, -1, p, p)[:, :, :, self.out_ids]
-        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, -1, hh, ww)
+        x = x.permute(0, 3, 1, 4, 2, 5).reshape(b, -1, hh, ww)
+        top = (hh - self.grid[0]) // 2
+        return x[..., top:top + self.grid[0], : self.grid[1]]
+
+
+def pad_to_multiple(x: torch.Tensor, padded: tuple[int, int], poles: bool) -> torch.Tensor:
+    """[..., H, W] -> [..., *padded]: latitude rows continued across the poles (split between the two ends,
+    the extra one at the south), longitude wrapped at the east end."""
+    h, w = x.shape[-2:]
+    rows, cols = padded[0] - h, padded[1] - w
+    if rows:
+        top = rows // 2
+        x = torch.cat([_over_pole(x, top, poles, north=True), x, _over_pole(x, rows - top, poles, north=False)],
+                      dim=-2)
+    if cols:
+        x = torch.cat([x, x[..., :cols]], dim=-1)
+    return x
+
+
+def _over_pole(x: torch.Tensor, rows: int, poles: bool, north: bool) -> torch.Tensor:
+    """The ``rows`` rows beyond the first (north) or last (south) latitude, nearest the pole last/first."""
+    skip = 1 if poles else 0  # a pole row is its own mirror image; on a pole-free grid the edge row is
+    mirror = x[..., skip:skip + rows, :] if north else x[..., x.shape[-2] - skip - rows:x.shape[-2] - skip, :]
+    return torch.roll(mirror.flip(-2), shifts=x.shape[-1] // 2, dims=-1)
 
 
 def _init_weights(module: nn.Module) -> None:

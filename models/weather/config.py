@@ -44,8 +44,16 @@ class WeatherModelSpec(BaseModel):
     """Variables predicted and scored (a subset of ``in_variables``); default: all of ``in_variables``."""
     grid: tuple[int, int] = (32, 64)
     """(latitudes, longitudes) of the data; must match the dataset's ``lat``/``lon`` attrs."""
+    lat_grid: Literal["auto", "equiangular", "legendre-gauss"] = "auto"
+    """Latitude layout of the data. ``equiangular``: equally spaced and including both poles (WeatherBench2's
+    240x121 and 1440x721, ERA5's 721 rows); ``legendre-gauss``: no pole row (WeatherBench2's 64x32 is equally
+    spaced half a step off the poles, which Gauss-Legendre latitudes approximate best); ``auto``: equiangular
+    for an odd latitude count, else legendre-gauss. SFNO uses it as torch-harmonics' grid; ClimaX pads the
+    latitude axis across the poles by it."""
     patch_size: int | None = Field(default=None, ge=1)
-    """ClimaX patch size (default: 4 for debug, 2 otherwise); both grid sides must be multiples of it."""
+    """ClimaX patch size (default: 4 for debug, 2 otherwise). A grid side that is not a multiple of it is
+    padded inside the model (latitude across the poles, longitude periodically) and the output cropped back,
+    so the data, the loss and the metrics stay on ``grid``."""
     history: int = Field(default=1, ge=1)
     """Input time steps per sample; must not exceed the dataset's stored history."""
     lead_hours: int = Field(default=24, gt=0)
@@ -64,12 +72,11 @@ class WeatherModelSpec(BaseModel):
         _check_subset(self.out_variables, self.model_inputs, "model.out_variables", "model.in_variables")
         if len(set(self.variables)) != len(self.variables):
             raise ValueError("model.variables lists a variable twice; each name must appear once")
-        patch = self.patch
-        if self.arch == "climax" and (self.grid[0] % patch or self.grid[1] % patch):
-            raise ValueError(
-                f"model.grid {tuple(self.grid)} is not divisible by model.patch_size {patch}; "
-                "choose a patch size that divides both grid sides"
-            )
+        if min(self.grid) < 2:
+            raise ValueError(f"model.grid {tuple(self.grid)}: expected at least 2 latitudes and 2 longitudes")
+        if self.arch == "climax" and self.patch > min(self.grid):
+            raise ValueError(f"model.patch_size {self.patch} exceeds the smaller side of model.grid "
+                             f"{tuple(self.grid)}; choose a patch size of at most {min(self.grid)}")
         return self
 
     @property
@@ -86,6 +93,13 @@ class WeatherModelSpec(BaseModel):
     def patch(self) -> int:
         """The effective ClimaX patch size."""
         return self.patch_size or (4 if self.size == "debug" else 2)
+
+    @property
+    def has_poles(self) -> bool:
+        """Whether the first and last latitude rows are the poles (``lat_grid``, resolved)."""
+        if self.lat_grid == "auto":
+            return self.grid[0] % 2 == 1
+        return self.lat_grid == "equiangular"
 
     @property
     def rollout_leads(self) -> list[int]:

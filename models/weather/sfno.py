@@ -1,8 +1,10 @@
 """Spherical Fourier neural operator baseline: torch-harmonics' SFNO behind the family's batch interface.
 
-The data grids of WeatherBench2 (e.g. 64x32) hold equally spaced latitudes without the poles, which none of
-torch-harmonics' quadratures describe exactly; Gauss-Legendre latitudes are the closest (they avoid the
-poles and are nearly equally spaced), so the transforms use that grid. SFNO is trained at one lead.
+The spherical harmonic transforms need the data's latitudes (``spec.lat_grid``): grids with both poles
+(WeatherBench2's 240x121 and 1440x721, ERA5) are torch-harmonics' ``equiangular`` grid exactly; WeatherBench2's
+pole-free 64x32 grid (equally spaced, half a step off the poles) is described by none of its quadratures, and
+Gauss-Legendre latitudes, which avoid the poles and are nearly equally spaced, are the closest. Internally
+the network works on a Gauss-Legendre grid (torch-harmonics' default). SFNO is trained at one lead.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class SFNOForecaster(nn.Module):
         )
         self.net = SphericalFourierNeuralOperator(
             img_size=tuple(spec.grid),
-            grid="legendre-gauss",
+            grid=sht_grid(spec),
             grid_internal="legendre-gauss",
             scale_factor=scale,
             in_chans=spec.history * len(inputs),
@@ -53,6 +55,11 @@ class SFNOForecaster(nn.Module):
         if self.residual:
             out = out + inputs[:, -1, self.out_in_pos]
         return out
+
+
+def sht_grid(spec: WeatherModelSpec) -> str:
+    """torch-harmonics' name for the data's latitude grid."""
+    return "equiangular" if spec.has_poles else "legendre-gauss"
 
 
 def _store_complex_as_real(module: nn.Module) -> None:

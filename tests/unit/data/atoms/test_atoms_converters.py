@@ -85,3 +85,4 @@ def test_ase_db_sqlite_and_lmdb(tmp_path, suffix):
     np.testing.assert_allclose(samples[2]["forces"], frames[2][2], atol=1e-6)
     np.testing.assert_allclose(samples[0]["stress"], frames[0][3], atol=1e-10)
     assert len(glob.glob(str(tmp_path / "ds" / "shards" / "*"))) == 1
+    assert manifest.attrs["label_keys"] == ase_db.LABEL_KEYS and manifest.attrs["labels"]["stress"] == 3

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
-from data.format import open_shard, read_manifest
-from data.generators.emt import KINDS, generate, make_structure
+from data.format import open_shard, read_manifest, read_meta
+from data.generators.emt import KINDS, METALS, generate, make_structure
 
 
 def test_structures_are_reproducible_and_labelled():
@@ -35,6 +35,13 @@ def test_generate_writes_shards_with_stats(tmp_path):
     assert sample["positions"].shape == (n, 3) and sample["forces"].shape == (n, 3)
     assert manifest.attrs["generator"] == "emt" and 1 <= manifest.attrs["mean_atoms"] <= 8
     assert "n_atoms" in manifest.meta_fields
+    attrs = manifest.attrs
+    assert attrs["label_keys"] == {"energy": "emt:energy", "forces": "emt:forces", "stress": "emt:stress"}
+    kinds = [attrs["config_types"][i] for i in read_meta(url, manifest, "config_type")]
+    assert set(kinds) <= {"bulk", "vacancy", "surface", "md"}
+    # slabs (pbc T T F) carry no stress label and count as mixed periodicity
+    assert attrs["labels"]["stress"] == attrs["periodic"]["all"] == 6 - kinds.count("surface")
+    assert set(attrs["elements"]) <= set(METALS) and attrs["neighbor_counts"]["atoms"] == attrs["num_atoms"]
     with pytest.raises(ValueError, match="unknown structure kinds"):
         generate(str(tmp_path / "bad"), 1, mix={"liquid": 1.0}, progress=False)
 

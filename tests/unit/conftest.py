@@ -1,0 +1,111 @@
+"""Shared unit-test helpers: a few optimiser steps of a model family on a converted dataset."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def few_training_steps(family_name: str, spec, url: str, *, steps: int = 3, batch: int = 4,
+                       lr: float = 1e-3) -> list[float]:
+    """Train ``steps`` AdamW steps of the family's model on the dataset at ``url`` through the real path:
+    ``load_family``, ``prepare_model``, ``build_loader`` with the family's transform and collate, the family
+    loss. Asserts that every loss is finite and that every step has finite, non-zero gradients; returns the
+    losses."""
+    import torch
+
+    from data.format import read_manifest
+    from data.loader import build_loader
+    from data.spec import DataSpec
+    from models import load_family
+
+    family = load_family(family_name)
+    manifest = read_manifest(url)
+    torch.manual_seed(0)
+    model = family.build_model(spec)
+    if family.prepare_model is not None:
+        family.prepare_model(model, spec, manifest)
+    data = DataSpec(train=[{"url": url}], canonical_streams=1, shuffle_window=1, prefetch=1, num_workers=0)
+    loader = build_loader(data, data.train, split="train", rank=0, world_size=1, global_batch=batch,
+                          micro_batch=batch, seed=0, transform=family.make_transform(spec, manifest),
+                          collate=family.collate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)  # two intra-op threads on a shared 2-core machine run up to 10x slower
+    try:
+        for _, micro_batches in zip(range(steps), loader):
+            losses.append(_step(family, model, optimizer, micro_batches[0], spec))
+    finally:
+        torch.set_num_threads(threads)
+        loader.close()
+    assert len(losses) == steps
+    return losses
+
+
+def _step(family, model, optimizer, batch: dict, spec) -> float:
+    import torch
+
+    optimizer.zero_grad()
+    loss = family.loss(model(batch), batch, spec)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss), f"loss {float(loss)} is not finite"
+    assert grads and all(torch.isfinite(g).all() for g in grads), "non-finite gradients"
+    assert any(g.abs().sum() > 0 for g in grads), "all gradients are zero"
+    optimizer.step()
+    return float(loss.detach())
+
+
+@pytest.fixture
+def train_steps():
+    """:func:`few_training_steps`, as a fixture so that tests in every subfolder can use it."""
+    return few_training_steps
+
+
+def smooth_field(lat, lon, hours, offset: float) -> "np.ndarray":
+    """[T, H, W] values that are a function of the coordinates alone (periodic in longitude), so a test can
+    check any orientation of a converted grid against the coordinates it was given."""
+    import numpy as np
+
+    la, lo = np.deg2rad(np.asarray(lat, float))[None, :, None], np.deg2rad(np.asarray(lon, float))[None, None, :]
+    t = np.asarray(hours, float)[:, None, None] / 24.0
+    return (offset + 10 * np.sin(la) + 3 * np.cos(la) * np.cos(lo + t) + np.cos(2 * lo)).astype(np.float32)
+
+
+def write_wb2_store(path: str, lat, lon, *, times: int = 8, lon_first: bool = False,
+                    variables: tuple[str, ...] = ("geopotential", "temperature", "2m_temperature",
+                                                  "mean_sea_level_pressure")) -> str:
+    """A Zarr store in WeatherBench2 naming (dims time, level, latitude, longitude; ``lon_first`` puts
+    longitude before latitude, as WeatherBench2's regridded stores do), written by ``xarray.to_zarr``."""
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    stamps = pd.date_range("2020-01-01", periods=times, freq="6h")
+    hours = np.arange(times) * 6
+    levels = np.array([500, 850])
+    order = ("longitude", "latitude") if lon_first else ("latitude", "longitude")
+    data = {}
+    for k, name in enumerate(variables):
+        field = smooth_field(lat, lon, hours, 100.0 * k)
+        if name in ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"):
+            stacked = np.stack([field + lev for lev in levels], axis=1)
+            dims = ("time", "level", "latitude", "longitude")
+            data[name] = xr.DataArray(stacked, dims=dims).transpose("time", "level", *order)
+        else:
+            data[name] = xr.DataArray(field, dims=("time", "latitude", "longitude")).transpose("time", *order)
+    ds = xr.Dataset(data, coords={"time": stamps, "level": levels, "latitude": np.asarray(lat, float),
+                                  "longitude": np.asarray(lon, float)})
+    ds.to_zarr(path, zarr_format=2, consolidated=True)
+    return path
+
+
+@pytest.fixture
+def wb2_store():
+    """:func:`write_wb2_store` as a fixture."""
+    return write_wb2_store
+
+
+@pytest.fixture
+def wb2_field():
+    """:func:`smooth_field` as a fixture: the values :func:`write_wb2_store` writes."""
+    return smooth_field
