@@ -78,6 +78,10 @@ def measured_avg_num_neighbors(attrs: dict, cutoff: float) -> float:
 
 def make_transform(spec: AtomsModelSpec, manifest) -> AtomsTransform:
     """Neighbour list per structure in the DataLoader worker (vesin)."""
+    from models.atoms.preflight import check
+    from models.family import raise_mismatches
+
+    raise_mismatches(check(spec, "val", manifest))  # the driver's preflight ran the same check (train rules too)
     mean_atoms = manifest_attrs(manifest).get("mean_atoms")
     return AtomsTransform(spec.cutoff, spec.max_neighbors, float(mean_atoms) if mean_atoms else None)
 

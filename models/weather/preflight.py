@@ -33,6 +33,12 @@ def check(spec, split: str, manifest) -> list[Mismatch]:
                f"set model.lead_hours to one of {stored}") + f", or convert with --leads including {needed}"
         out.append(Mismatch("model.lead_hours", f"{spec.lead_hours} h x rollout_steps {spec.rollout_steps}",
                             f"leads {stored} h (missing {needed} h)", fix))
+    lat = [float(x) for x in attrs.get("lat", [])]
+    poles = bool(lat) and max(abs(lat[0]), abs(lat[-1])) >= 90.0 - 1e-6
+    if lat and poles != spec.has_poles:
+        want = "equiangular" if poles else "legendre-gauss"
+        out.append(Mismatch("model.lat_grid", spec.lat_grid, "latitudes from {:g} to {:g} ({})".format(
+            lat[0], lat[-1], "the poles included" if poles else "no pole row"), f"set model.lat_grid: {want}"))
     if "climatology" not in attrs:
         out.append(Mismatch("data", "this dataset", "no climatology attrs (needed for ACC)",
                             f"convert the store with `{_CONVERT}`, which computes it over the train range"))
