@@ -186,6 +186,21 @@ class TrackingSpec(BaseModel):
     """Extra tags set on the MLflow run."""
     flush_every_s: float = Field(default=5.0, gt=0)
     """Seconds between background metric uploads."""
+    log_checkpoints_as_models: bool = False
+    """Make every checkpoint an MLflow LoggedModel at its step too (the final model always is one). Rank 0
+    gathers the fp32 weights at each checkpoint (a collective under ZeRO-3) and uploads the model in a
+    background thread; the layout is that of the final model (docs/contracts.md)."""
+    system_metrics_every_s: float = Field(default=30.0, ge=0)
+    """Seconds between samples of each worker's system metrics (CPU, memory, disk, network; GPU utilisation
+    and memory where a GPU is present), logged by MLflow's system-metrics monitor under
+    system/rankR/... (0: off). Kept coarse: MLflow's default of 10 s floods servers with many workers."""
+
+    @field_validator("system_metrics_every_s")
+    @classmethod
+    def _check_system_metrics(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError(f"expected 0 (off) or at least 1 second between samples, got {value}")
+        return value
 
     @field_validator("uri")
     @classmethod
