@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestrator.lineage import log_datasets
 from orchestrator.spec import JobSpec
 from orchestrator.specload import dump_spec, flatten
 
@@ -180,7 +181,8 @@ def mlflow_client(uri: str):
 
 
 def ensure_run(spec: JobSpec, run_id: str) -> tuple[RunRecord, bool]:
-    """Create the run (record + MLflow run) or reopen it; returns (record, resumed)."""
+    """Create the run (record + MLflow run) or reopen it, logging its datasets as the run's inputs; returns
+    (record, resumed)."""
     runs_root = absolute_root(spec.storage.runs_root)
     storage = spec.storage
     record = read_record(runs_root, run_id, storage)
@@ -191,6 +193,7 @@ def ensure_run(spec: JobSpec, run_id: str) -> tuple[RunRecord, bool]:
         client.update_run(record.mlflow_run_id, status=RunState.RUNNING.value)
         client.set_tag(record.mlflow_run_id, "sciscale.attempts", str(record.attempts))
         client.log_text(record.mlflow_run_id, spec_yaml, f"spec-attempt-{record.attempts}.yaml")
+        log_datasets(client, record.mlflow_run_id, spec)
         write_record(record, storage)
         return record, True
     uri = tracking_uri(spec)
@@ -202,6 +205,7 @@ def ensure_run(spec: JobSpec, run_id: str) -> tuple[RunRecord, bool]:
                        mlflow_run_id=run.info.run_id)
     _log_params(client, record.mlflow_run_id, spec)
     client.log_text(record.mlflow_run_id, spec_yaml, "spec.yaml")
+    log_datasets(client, record.mlflow_run_id, spec)
     write_record(record, storage, spec_yaml)
     return record, False
 
