@@ -8,7 +8,7 @@ import json
 import sys
 
 # Modules that add their own sub-commands with register(subparsers); each is torch-free at import time.
-PLUGIN_COMMANDS = ("orchestrator.stack", "orchestrator.render")
+PLUGIN_COMMANDS = ("orchestrator.stack", "orchestrator.render", "orchestrator.registry")
 
 
 def _err(*args) -> None:

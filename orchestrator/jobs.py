@@ -181,6 +181,10 @@ def cmd_stop(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    if args.models:
+        from orchestrator.registry import handle_ls_models
+
+        return handle_ls_models(args)
     if args.cluster or os.environ.get("SCISCALE_CLUSTER"):
         for job in _client(args).list_jobs():
             meta = job.metadata or {}
@@ -223,4 +227,5 @@ def register(sub) -> None:
     p = sub.add_parser("ls", help="runs in a runs root, or jobs on a cluster (--cluster)")
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--cluster", metavar="ADDRESS")
+    p.add_argument("--models", action="store_true", help="registered models: versions, aliases, eval scores")
     p.set_defaults(func=cmd_ls)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from orchestrator.console import Console, headline
+from orchestrator.registry import pin_init_from
 from orchestrator.runs import (RunLog, RunRecord, RunState, ensure_run, failure_lines, finish_run, new_run_id,
                                run_context, ui_url, write_record)
 from orchestrator.spec import JobSpec
@@ -36,7 +37,8 @@ def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None,
                  f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
     if cluster:
         return submit(spec, record, cluster, console.echo)
-    run = {**run_context(record, spec), "verbose": verbose}
+    init_from = pin_init_from(spec, record.mlflow_run_id, record.tracking_uri)
+    run = {**run_context(record, spec), "verbose": verbose, "init_from": init_from}
     log = RunLog(run, "driver.log", capture=False)
     console.attach(log)
     console.echo(f"logs: {log.where.rsplit('/', 1)[0]}/ (driver.log, worker-rank*.log)")

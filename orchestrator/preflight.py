@@ -50,7 +50,22 @@ def check(spec: JobSpec, source: str, unreachable_ok: bool = False) -> list[str]
                      check_data(spec.model, split, url, manifest, where)]
     if problems:
         raise SpecError(f"{source} against its data", problems)
+    _check_init_from(spec, source)
     return [f"{where}: not checked against the data ({msg.splitlines()[0]})" for where, _, msg in unread]
+
+
+def _check_init_from(spec: JobSpec, source: str) -> None:
+    """A registered model as init_from (models:/NAME@ALIAS) must exist and hold weights."""
+    if not (spec.train.init_from or "").startswith("models:/"):
+        return
+    from orchestrator.registry import SourceError, check_init_from
+    from orchestrator.runs import tracking_uri
+
+    try:
+        check_init_from(spec, tracking_uri(spec))
+    except SourceError as exc:
+        message = f"{exc.what}\n    expected: {exc.expected}\n    hint: {exc.hint}"
+        raise SpecError(source, [("train.init_from", spec.train.init_from, message)]) from None
 
 
 def _field_problems(spec: JobSpec, where: str, url: str, manifest) -> list:
