@@ -14,8 +14,10 @@ import torch.distributed as dist
 
 from models import load_family
 from orchestrator.spec import JobSpec
+from orchestrator import lineage
 from trainers import checkpoint, ds, weights
 from trainers import faults, resilience
+from trainers.logged_models import build_model_logger
 from trainers.tracking import MetricLogger, NullLogger, read_points, write_points
 
 
@@ -45,6 +47,8 @@ class Runner:
                        if rank == 0 and run.get("mlflow_run_id") else NullLogger())
         self._build_engine()
         self._build_data()
+        self.models = build_model_logger(self.logger, spec, run, self.family.build_model,
+                                         lineage.dataset_refs(spec, self._manifests))
 
     # ----------------------------------------------------------------------------------------------- build
     def _build_engine(self) -> None:
@@ -59,8 +63,9 @@ class Runner:
 
             url = spec.data.train[0].url
             self.family.prepare_model(model, spec.model, read_manifest(url, storage_options(url, spec.storage)))
-        if spec.train.init_from:
-            report = weights.load_initial(model, spec.train.init_from)
+        if spec.train.init_from:  # the driver pins models:/NAME@ALIAS to the model id it named at launch
+            init_from = self.run_info.get("init_from") or spec.train.init_from
+            report = weights.load_initial(model, init_from, self.run_info.get("tracking_uri"))
             self._log_init_report(report)
         if spec.train.freeze:
             weights.freeze(model, spec.train.freeze)
@@ -80,6 +85,7 @@ class Runner:
 
     def _build_data(self) -> None:
         data = self.spec.data
+        self._manifests: dict = {}  # url -> Manifest (the run's datasets, linked to its models)
         # one transform per dataset: each carries its own normalisation statistics
         self.transform = [self._transform(source.url) for source in data.train]
         self.val_transform = [self._transform(source.url) for source in data.val] or None
@@ -93,7 +99,8 @@ class Runner:
         from data.format import read_manifest
         from data.storage import storage_options
 
-        return self.family.make_transform(self.spec.model, read_manifest(url, storage_options(url, self.spec.storage)))
+        self._manifests[url] = read_manifest(url, storage_options(url, self.spec.storage))
+        return self.family.make_transform(self.spec.model, self._manifests[url])
 
     def _val_batches(self):
         from data.loader import build_loader
@@ -140,6 +147,7 @@ class Runner:
             return self._loop()
         finally:
             self.train_loader.close()
+            self.models.close()
             self.logger.close()
 
     def _loop(self) -> dict:
@@ -175,7 +183,7 @@ class Runner:
                     resilience.acknowledge_checkpoint_request(self.run_info, self.step)
             self.iteration_s.append(time.perf_counter() - started)  # read by benchmarks/trainer_overhead.py
         last.update(self.evaluate(final=True))
-        self._checkpoint(last)
+        self._checkpoint(last, final=True)
         self._export()
         return last
 
@@ -362,9 +370,11 @@ class Runner:
             plt.close(fig)
 
     # ----------------------------------------------------------------------------------------------- output
-    def _checkpoint(self, metrics: dict, sync: bool = False) -> None:
+    def _checkpoint(self, metrics: dict, sync: bool = False, final: bool = False) -> None:
         """Save locally, then hand the directory to the report: background (train.checkpoint_upload) returns at
-        once and the upload thread deletes it; sync waits for the upload. Logs the time the step was blocked."""
+        once and the upload thread deletes it; sync waits for the upload. Logs the time the step was blocked.
+        With tracking.log_checkpoints_as_models the checkpoint's weights become a LoggedModel too (the final
+        checkpoint's are the final model)."""
         started = time.perf_counter()
         self._flush_audit()
         background = self.spec.train.checkpoint_upload == "background" and not sync
@@ -376,12 +386,15 @@ class Runner:
             if not background and os.path.isdir(directory):
                 shutil.rmtree(directory, ignore_errors=True)
         self.logger.log({"sys/checkpoint_block_s": time.perf_counter() - started}, self.step)
+        if self.spec.tracking.log_checkpoints_as_models and not final:
+            state = weights.gather_fp32_state(self.engine, self.spec.distributed.zero_stage, self.rank)
+            self.models.log_in_background(state, self.step)
 
     def _export(self) -> None:
+        """The final model: a LoggedModel of the last step (docs/contracts.md)."""
         state = weights.gather_fp32_state(self.engine, self.spec.distributed.zero_stage, self.rank)
-        if state is not None and isinstance(self.logger, MetricLogger):
-            weights.export_model(state, self.family.build_model, self.spec.model, None, self.logger.client,
-                                 self.logger.run_id)
+        self.models.wait()  # a checkpoint's model still uploading goes first
+        self.models.log(state, self.step)
 
 
 def _no_progress(kind: str, **fields) -> None:

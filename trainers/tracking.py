@@ -32,6 +32,7 @@ class MetricLogger:
         self.failures = 0
         self.resumed_step = -1  # steps <= this are never trained again (their unsent points come with the checkpoint)
         self.logged_through: dict[str, int] = {}  # key -> last step an earlier attempt logged (replayed steps)
+        self.latest: dict[str, object] = {}  # key -> its last point (linked to a LoggedModel of that step)
         self.spool = SPOOL_DIR / f"{run_id}.jsonl"
         self._replay_spool()
         self._thread = threading.Thread(target=self._loop, name="mlflow-metrics", daemon=True)
@@ -47,6 +48,12 @@ class MetricLogger:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self.logged_through.get(k, -1)]
         with self._lock:
             self._pending.extend(items)
+            self.latest.update((m.key, m) for m in items)
+
+    def points_at(self, step: int) -> list:
+        """The points logged for ``step`` (the latest of each key), to link to the model of that step."""
+        with self._lock:
+            return [m for m in self.latest.values() if m.step == step]
 
     def _loop(self) -> None:
         while not self._closed:
@@ -149,3 +156,24 @@ class NullLogger:
 
     def close(self) -> None:
         pass
+
+
+def start_system_metrics(run: dict, rank: int, every_s: float):
+    """MLflow's system-metrics monitor for this worker: CPU, memory, disk and network of the machine (GPU
+    utilisation and memory through nvidia-ml-py where NVML finds a GPU), every ``every_s`` seconds under
+    ``system/rank{rank}/``, its steps continuing those of an earlier worker group. Returns the monitor (stop it
+    with ``finish()``) or None when off (0 s) or not startable; monitoring never fails training."""
+    if not every_s or not run.get("mlflow_run_id"):
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run["mlflow_run_id"], sampling_interval=every_s, resume_logging=True,
+                                       node_id=f"rank{rank}", tracking_uri=run["tracking_uri"])
+        # the spec decides, not MLFLOW_SYSTEM_METRICS_* in the environment (one node id there for every rank)
+        monitor.node_id, monitor.sampling_interval, monitor.samples_before_logging = f"rank{rank}", every_s, 1
+        monitor.start()
+        return monitor
+    except Exception as exc:  # noqa: BLE001 - a monitoring failure is reported, never fatal
+        print(f"[rank {rank}] system metrics not logged: {type(exc).__name__}: {exc}", flush=True)
+        return None

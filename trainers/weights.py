@@ -1,38 +1,45 @@
-"""Weights in and out of a run: init_from and freezing, and the final fp32 export to MLflow."""
+"""Weights in and out of a run: init_from and freezing, the fp32 gather, and the model files of a sciscale model."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from orchestrator.registry import WEIGHTS_FILE
+
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
-def resolve_weights(uri: str) -> Path:
-    """A local weights file for ``uri``: a .safetensors file, a directory holding one, or an MLflow URI."""
+def resolve_weights(uri: str, tracking_uri: str | None = None) -> Path:
+    """A local weights file for ``uri``: a .safetensors file, a directory holding one, a sciscale model URI
+    (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-..., runs:/MLFLOW_RUN_ID/model; its
+    weights.safetensors) or another MLflow artifact URI."""
     path = Path(uri.removeprefix("file://"))
-    if ":/" in uri and not uri.startswith("file://"):
+    if uri.startswith(("models:/", "runs:/")):
+        from orchestrator.registry import fetch_weights
+
+        path = Path(fetch_weights(uri, tracking_uri))
+    elif ":/" in uri and not uri.startswith("file://"):
         import mlflow
 
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     if path.is_dir():
-        for candidate in (path / "weights.safetensors", path / "data" / "weights.safetensors"):
+        for candidate in (path / WEIGHTS_FILE, path / "data" / WEIGHTS_FILE):
             if candidate.exists():
                 return candidate
-        raise FileNotFoundError(f"train.init_from: no weights.safetensors in {uri} (looked in {path})")
+        raise FileNotFoundError(f"train.init_from: no {WEIGHTS_FILE} in {uri} (looked in {path})")
     if not path.exists():
         raise FileNotFoundError(f"train.init_from: {uri} not found")
     return path
 
 
-def load_initial(model: torch.nn.Module, uri: str) -> dict[str, list[str]]:
+def load_initial(model: torch.nn.Module, uri: str, tracking_uri: str | None = None) -> dict[str, list[str]]:
     """Load tensors whose name and shape match; report the rest (they keep their fresh initialisation)."""
     from safetensors.torch import load_file
 
-    source = load_file(str(resolve_weights(uri)))
+    source = load_file(str(resolve_weights(uri, tracking_uri)))
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     report = {
@@ -83,20 +90,18 @@ def gather_fp32_state(engine, zero_stage: int, rank: int) -> dict[str, torch.Ten
             for k, v in module.state_dict().items() if torch.is_tensor(v)}  # some libraries add metadata
 
 
-def export_model(state: dict[str, torch.Tensor], build_model, model_spec, example: dict | None, client,
-                 run_id: str) -> None:
-    """Log weights.safetensors and an MLflow PyTorch model (self-contained: ships the models package)."""
+def write_model(state: dict[str, torch.Tensor], build_model, model_spec, directory: str, mlflow_model=None,
+                pip_requirements: list[str] | None = None) -> None:
+    """The model files of a sciscale model into ``directory`` (which must not exist): ``MLmodel`` and the
+    mlflow.pytorch files, self-contained (code_paths ships the models package), and ``weights.safetensors``
+    (the fp32 state dict). ``pip_requirements``: None infers them (a subprocess that loads the model)."""
     import mlflow.pytorch
     from safetensors.torch import save_file
 
     model = build_model(model_spec)
     model.load_state_dict(state)
     model.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = os.path.join(tmp, "weights.safetensors")
-        save_file({k: v.contiguous() for k, v in state.items()}, weights)
-        client.log_artifact(run_id, weights)
-        model_dir = os.path.join(tmp, "model")
-        # pickle (not pt2): forward takes a dict batch; code_paths ships the models package with it
-        mlflow.pytorch.save_model(model, model_dir, code_paths=[str(MODELS_DIR)], serialization_format="pickle")
-        client.log_artifacts(run_id, model_dir, "model")
+    # pickle (not pt2): forward takes a dict batch
+    mlflow.pytorch.save_model(model, directory, code_paths=[str(MODELS_DIR)], serialization_format="pickle",
+                              mlflow_model=mlflow_model, pip_requirements=pip_requirements)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(directory, WEIGHTS_FILE))

@@ -17,8 +17,11 @@ def train_loop(config: dict) -> None:
     from orchestrator.runs import RunLog
     from trainers.failures import WorkerFailure
 
+    from trainers.tracking import start_system_metrics
+
     rank, run = ray.train.get_context().get_world_rank(), config["run"]
     log = RunLog(run, f"worker-rank{rank}.log", capture=not run.get("verbose"))
+    monitor = start_system_metrics(run, rank, config["spec"]["tracking"]["system_metrics_every_s"])
     runner = None
     try:
         runner = _build_runner(config, rank)
@@ -29,6 +32,8 @@ def train_loop(config: dict) -> None:
         traceback.print_exc()
         raise WorkerFailure.of(exc, rank, runner.step if runner else 0, log.where) from exc
     finally:
+        if monitor is not None:
+            monitor.finish()
         log.close()
 
 
