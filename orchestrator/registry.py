@@ -152,11 +152,10 @@ def model_files(model, tracking_uri: str) -> set[str]:
 
 def read_info(model, tracking_uri: str, source: str, field: str = "SOURCE") -> dict:
     """The model's sciscale.json; ValueError when the model is not a sciscale model."""
-    from mlflow.artifacts import load_text
-
     if INFO_FILE not in model_files(model, tracking_uri):
         raise _no_sciscale(source, f"model {model.model_id} has no {INFO_FILE}", field)
-    return json.loads(load_text(f"{model.artifact_location}/{INFO_FILE}"))
+    with open(download(model, INFO_FILE, tracking_uri)) as f:
+        return json.load(f)
 
 
 def download(model, name: str, tracking_uri: str | None) -> str:

@@ -91,10 +91,12 @@ def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server,
                 "train/data_wait_frac", "val/loss"):
         assert key in run.data.metrics, f"metric {key} missing: {sorted(run.data.metrics)}"
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"spec.yaml", "weights.safetensors", "model"} <= names, names
-    model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert "model/MLmodel" in model_files
-    # the logged model loads in a fresh process (no project on the path) and predicts
+    assert {"spec.yaml", "weights.safetensors"} <= names, names
+    # the model is the run's LoggedModel named "model" (runs:/RUN/model resolves to it) ...
+    model = client.search_logged_models([run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'model'")
+    assert len(model) == 1 and model[0].tags["sciscale.step"] == "6", model
+    # ... which loads in a fresh process (no project on the path) and predicts
     probe = (
         "import mlflow.pytorch, torch\n"
         f"m = mlflow.pytorch.load_model('runs:/{run.info.run_id}/model')\n"
