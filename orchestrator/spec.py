@@ -81,9 +81,10 @@ class TrainSpec(BaseModel):
     seed: int = 0
     """Seed of model initialisation and of the data order (with the dataset version and the step)."""
     init_from: str | None = None
-    """Initial weights: a .safetensors file, a directory holding weights.safetensors, or an MLflow URI
-    (runs:/RUN_ID/weights.safetensors, models:/NAME/VERSION). Tensors whose name or shape does not match are
-    re-initialised and listed."""
+    """Initial weights: a .safetensors file, a directory holding weights.safetensors, a registered sciscale
+    model (models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-MODEL_ID; the launch pins an alias to the model
+    it names then) or a run's (runs:/MLFLOW_RUN_ID/weights.safetensors). Tensors whose name or shape does not
+    match are re-initialised and listed."""
     freeze: list[str] = Field(default_factory=list)
     """Parameter-name prefixes to freeze (not trained), e.g. ["encoder."] when fine-tuning."""
     audit_samples: bool = False
