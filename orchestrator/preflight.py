@@ -50,14 +50,17 @@ def check(spec: JobSpec, source: str, unreachable_ok: bool = False) -> list[str]
                      check_data(spec.model, split, url, manifest, where)]
     if problems:
         raise SpecError(f"{source} against its data", problems)
-    _check_init_from(spec, source)
-    return [f"{where}: not checked against the data ({msg.splitlines()[0]})" for where, _, msg in unread]
+    notes = [f"{where}: not checked against the data ({msg.splitlines()[0]})" for where, _, msg in unread]
+    return notes + _check_init_from(spec, source, unreachable_ok)
 
 
-def _check_init_from(spec: JobSpec, source: str) -> None:
-    """A registered model as init_from (models:/NAME@ALIAS) must exist and hold weights."""
+def _check_init_from(spec: JobSpec, source: str, unreachable_ok: bool) -> list[str]:
+    """A registered model as init_from (models:/NAME@ALIAS) must exist and hold weights. A tracking store this
+    machine cannot reach is a note with ``unreachable_ok`` (the cluster job checks it again)."""
     if not (spec.train.init_from or "").startswith("models:/"):
-        return
+        return []
+    from mlflow.exceptions import MlflowException
+
     from orchestrator.registry import SourceError, check_init_from
     from orchestrator.runs import tracking_uri
 
@@ -66,6 +69,11 @@ def _check_init_from(spec: JobSpec, source: str) -> None:
     except SourceError as exc:
         message = f"{exc.what}\n    expected: {exc.expected}\n    hint: {exc.hint}"
         raise SpecError(source, [("train.init_from", spec.train.init_from, message)]) from None
+    except MlflowException as exc:
+        if not unreachable_ok:
+            raise
+        return [f"train.init_from: not checked ({str(exc).splitlines()[0][:200]})"]
+    return []
 
 
 def _field_problems(spec: JobSpec, where: str, url: str, manifest) -> list:

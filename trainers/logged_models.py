@@ -40,7 +40,7 @@ class ModelLogger:
         model = self.client.create_logged_model(
             self.experiment_id, name=registry.FINAL_NAME if kind == "final" else f"checkpoint-{step}",
             source_run_id=self.mlflow_run_id, tags=self._tags(step, kind), model_type="sciscale",
-            params=flatten(self.spec.model_dump(mode="json")))
+            params={k: v[:6000] for k, v in flatten(self.spec.model_dump(mode="json")).items()})
         try:
             from mlflow.entities import LoggedModelOutput
 

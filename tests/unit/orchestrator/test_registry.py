@@ -146,3 +146,26 @@ def test_init_from_is_pinned_to_the_model_the_alias_names(store):
     spec.train.init_from = "models:/ns-fno@nope"
     with pytest.raises(registry.SourceError, match="has no alias 'nope'"):
         registry.pin_init_from(spec, run_id, store["uri"])
+
+
+def test_validate_and_launch_refuse_an_init_from_alias_that_does_not_exist(store, tmp_path, capsys):
+    import yaml
+
+    from data.generators.navier_stokes import generate
+
+    generate(str(tmp_path / "ns"), n_train=2, n_val=1, resolution=16, snapshots=5, seed=0, progress=False)
+    spec = {"name": "ft", "model": {"family": "pde", "arch": "fno", "size": "debug", "in_channels": 2,
+                                    "resolution": 16},
+            "data": {"train": [{"url": str(tmp_path / "ns" / "train")}], "canonical_streams": 1},
+            "train": {"global_batch_size": 1, "micro_batch_size": 1, "max_steps": 1,
+                      "init_from": "models:/ns-fno@nope"},
+            "storage": {"runs_root": store["root"]}, "tracking": {"uri": store["uri"]}}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    for command in ("validate", "launch"):
+        assert main([command, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "train.init_from" in err and "has no alias 'nope'" in err and "@champion (version 1)" in err, err
+    spec["train"]["init_from"] = "models:/ns-fno@champion"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["validate", str(path)]) == 0
