@@ -224,16 +224,31 @@ def register_model(client, model, name: str, alias: str | None = None):
             raise _refused("--name", name, exc) from None
     source = f"models:/{model.model_id}"
     same = [v for v in client.search_model_versions(f"name = '{name}'") if v.source == source]
-    with _process_tracking_uri(client.tracking_uri):  # MLflow's registry store finds the LoggedModel with it
-        version = same[0] if same else client.create_model_version(
-            name, source, run_id=model.source_run_id, model_id=model.model_id,
-            tags={k: v for k, v in model.tags.items() if k in (RUN_TAG, STEP_TAG, KIND_TAG)})
+    if same:
+        version = same[0]
+    else:
+        with _process_tracking_uri(client.tracking_uri):  # MLflow's registry store finds the LoggedModel with it
+            version = client.create_model_version(
+                name, source, run_id=model.source_run_id, model_id=model.model_id,
+                tags={k: v for k, v in model.tags.items() if k in (RUN_TAG, STEP_TAG, KIND_TAG)})
+        _record_version(client, model, name, version.version)
     if alias:
         try:
             client.set_registered_model_alias(name, alias, version.version)
         except MlflowException as exc:
             raise _refused("--alias", alias, exc) from None
     return version
+
+
+def _record_version(client, model, name: str, version) -> None:
+    """The model's tag mlflow.modelVersions lists its registered versions (as mlflow.register_model keeps it),
+    which is how the UI shows a LoggedModel's registered models."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    current = client.get_logged_model(model.model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    versions = json.loads(current) if current else []
+    client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        versions + [{"name": name, "version": version}])})
 
 
 @contextlib.contextmanager
@@ -298,6 +313,7 @@ def resolve_source(source: str, runs_root: str, explicit_uri: str | None = None)
 
 
 def handle_register(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one screen, no download bars
     client, model = resolve_source(args.source, args.runs_root, args.tracking_uri)
     info = read_info(model, client.tracking_uri, args.source)
     version = register_model(client, model, args.name, args.alias)

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from models import load_family
-from orchestrator.spec import JobSpec
 from orchestrator import lineage
+from orchestrator.spec import JobSpec
 from trainers import checkpoint, ds, weights
 from trainers import faults, resilience
 from trainers.logged_models import build_model_logger

@@ -16,7 +16,6 @@ def train_loop(config: dict) -> None:
 
     from orchestrator.runs import RunLog
     from trainers.failures import WorkerFailure
-
     from trainers.tracking import start_system_metrics
 
     rank, run = ray.train.get_context().get_world_rank(), config["run"]

@@ -76,6 +76,9 @@ def test_register_a_run_id_names_its_final_model_and_sets_the_alias(store, capsy
     assert main(["register", f"runs:/{store['run_id']}/checkpoint-2", "--name", "reg-1", "--alias", "best",
                  "--runs-root", store["root"]]) == 0
     assert str(store["client"].get_model_version_by_alias("reg-1", "best").version) == "2"
+    # the models list their versions as mlflow.register_model keeps them (the UI shows them from this tag)
+    tags = store["client"].get_logged_model(store["checkpoint"].model_id).tags
+    assert {"name": "reg-1", "version": 2} in json.loads(tags["mlflow.modelVersions"])
 
 
 def test_ls_models_lists_versions_aliases_and_eval_scores(store, capsys):
