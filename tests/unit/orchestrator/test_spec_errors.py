@@ -75,6 +75,8 @@ CASES = [
     ("weight-negative", "data.train.0.weight", -1, "weight"),
     ("eval-without-val", "data.val", [], "needs data.val"),
     ("tracking-uri", "tracking.uri", "localhost:5000", "tracking URI"),
+    ("system-metrics-subsecond", "tracking.system_metrics_every_s", 0.2, "at least 1 second"),
+    ("system-metrics-negative", "tracking.system_metrics_every_s", -1, "tracking.system_metrics_every_s"),
     ("runs-root-scheme", "storage.runs_root", "hdfs://x/y", "unsupported URL scheme"),
     ("resources-negative", "distributed.resources_per_worker", {"CPU": -1}, "must be >= 0"),
     ("missing-local-dataset", "data.train.0.url", "/nonexistent/ns2d", "does not exist"),
