@@ -162,7 +162,7 @@ def start_system_metrics(run: dict, rank: int, every_s: float):
     """MLflow's system-metrics monitor for this worker: CPU, memory, disk and network of the machine (GPU
     utilisation and memory through nvidia-ml-py where NVML finds a GPU), every ``every_s`` seconds under
     ``system/rank{rank}/``, its steps continuing those of an earlier worker group. Returns the monitor (stop it
-    with ``finish()``) or None when off (0 s) or not startable; monitoring never fails training."""
+    with ``stop_system_metrics``) or None when off (0 s) or not startable; monitoring never fails training."""
     if not every_s or not run.get("mlflow_run_id"):
         return None
     try:
@@ -177,3 +177,13 @@ def start_system_metrics(run: dict, rank: int, every_s: float):
     except Exception as exc:  # noqa: BLE001 - a monitoring failure is reported, never fatal
         print(f"[rank {rank}] system metrics not logged: {type(exc).__name__}: {exc}", flush=True)
         return None
+
+
+def stop_system_metrics(monitor, timeout_s: float = 15.0) -> None:
+    """Stop the monitor and send its last sample; a tracking server that does not answer (MLflow retries for
+    minutes) delays a worker's exit by ``timeout_s`` at most."""
+    if monitor is None:
+        return
+    stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)

@@ -16,7 +16,7 @@ def train_loop(config: dict) -> None:
 
     from orchestrator.runs import RunLog
     from trainers.failures import WorkerFailure
-    from trainers.tracking import start_system_metrics
+    from trainers.tracking import start_system_metrics, stop_system_metrics
 
     rank, run = ray.train.get_context().get_world_rank(), config["run"]
     log = RunLog(run, f"worker-rank{rank}.log", capture=not run.get("verbose"))
@@ -31,8 +31,7 @@ def train_loop(config: dict) -> None:
         traceback.print_exc()
         raise WorkerFailure.of(exc, rank, runner.step if runner else 0, log.where) from exc
     finally:
-        if monitor is not None:
-            monitor.finish()
+        stop_system_metrics(monitor)
         log.close()
 
 

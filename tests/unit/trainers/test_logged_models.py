@@ -17,7 +17,7 @@ import torch
 from orchestrator import lineage, registry
 from orchestrator.specload import validate_spec
 from trainers.logged_models import ModelLogger
-from trainers.tracking import MetricLogger, start_system_metrics
+from trainers.tracking import MetricLogger, start_system_metrics, stop_system_metrics
 
 LAYOUT = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "data/model.pth",
           "data/pickle_module_info.txt", "weights.safetensors", "sciscale.json"}
@@ -142,7 +142,7 @@ def test_system_metrics_per_worker_node_and_off_at_zero(tmp_path):
     monitors = [start_system_metrics(run, rank, 1.0) for rank in (0, 1)]
     time.sleep(2.5)
     for monitor in monitors:
-        monitor.finish()
+        stop_system_metrics(monitor)
     keys = set(client.get_run(run_id).data.metrics)
     for rank in (0, 1):
         for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
