@@ -73,6 +73,8 @@ class Console:
 
         while True:
             done = stop.wait(poll_s)
+            if done:
+                time.sleep(poll_s)  # rank 0's last posts (fire-and-forget) may still be on their way
             try:
                 events = ray.get(board.take.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - Ray going down at the end of the run

@@ -89,7 +89,7 @@ def _grace_checkpoint(run: dict, grace_s: float) -> None:
 
 def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, connect_existing: bool = False) -> int:
     """Drive the training on a Ray instance from this process; the MLflow status follows the outcome."""
-    previous, stop = {}, threading.Event()
+    previous, stop, follower = {}, threading.Event(), None
     try:
         board = _start_ray(run, console, connect_existing)
         from trainers.resilience import clear_checkpoint_request
@@ -98,12 +98,15 @@ def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, conn
         _GRACE.update(run=run, grace_s=spec.distributed.preemption_grace_s, started=False, echo=console.echo)
         # after ray.init, which installs handlers of its own
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        threading.Thread(target=console.follow, args=(board, stop), name="sciscale-console", daemon=True).start()
+        follower = threading.Thread(target=console.follow, args=(board, stop), name="sciscale-console", daemon=True)
+        follower.start()
         from trainers.ray_job import fit
 
         result = fit(spec, record, run)
     except BaseException as exc:
         stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
         console.close_bar()
         return _failed(record, run, exc, console)
     finally:
@@ -111,7 +114,7 @@ def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, conn
         _GRACE.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    time.sleep(0.6)  # the console thread shows rank 0's last events
+    follower.join(timeout=10)  # it shows rank 0's last events first
     console.close_bar()
     finish_run(record, RunState.FINISHED)
     shown = ["train/loss", *headline(result)]
