@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.cluster import job_client
 from orchestrator.runs import RunRecord, RunState, ensure_run, finish_run, new_run_id, ui_url, write_record
 from orchestrator.spec import JobSpec
 from orchestrator.specload import dump_spec
@@ -27,6 +28,8 @@ class Stopped(KeyboardInterrupt):
 def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None, in_cluster: bool = False,
            echo=print) -> int:
     run_id = run_id or new_run_id(spec)
+    if cluster:
+        job_client(cluster)  # a missing or rejected token, or a wrong address, fails before any MLflow run exists
     record, resumed = ensure_run(spec, run_id)
     echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
          f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
@@ -129,9 +132,7 @@ def worker_env() -> dict:
 
 def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
     """Submit through Ray's Job Submission API; the job runs `sciscale launch --in-cluster` on the head."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster)
+    client = job_client(cluster)
     staging = Path(tempfile.mkdtemp(prefix="sciscale-submit-"))
     try:
         for pkg in PACKAGES:
