@@ -106,19 +106,26 @@ def leader_alive(record: dict) -> bool:
 
 
 def healthy(record: dict, timeout: float = 5.0, tries: int = 3) -> bool:
-    """Alive and answering; a loaded machine can delay an answer, so a service gets a few tries."""
+    """Alive and answering (the Ray head: and taking the stack's token); a loaded machine can delay an
+    answer, so a service gets a few tries."""
     for attempt in range(tries):
         if not leader_alive(record):
             return False
         try:
-            with urllib.request.urlopen(record["endpoint"] + _HEALTH_PATH[record["name"]], timeout=timeout) as resp:
+            with urllib.request.urlopen(_health_request(record), timeout=timeout) as resp:
                 if resp.status < 500:
                     return True
-        except OSError:
+        except OSError:  # also an HTTP error status, e.g. 401 for a token the head does not take
             pass
         if attempt < tries - 1:
             time.sleep(1.0)
     return False
+
+
+def _health_request(record: dict) -> urllib.request.Request:
+    token_path = record.get("extra", {}).get("token_path")
+    headers = {"Authorization": f"Bearer {Path(token_path).read_text().strip()}"} if token_path else {}
+    return urllib.request.Request(record["endpoint"] + _HEALTH_PATH[record["name"]], headers=headers)
 
 
 def client_env(state: dict) -> dict[str, str]:
