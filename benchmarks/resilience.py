@@ -130,7 +130,7 @@ def main() -> None:
         try:
             services.create_bucket(seaweed.endpoint, "bench-runs")
             env = {**os.environ, "RAY_ADDRESS": head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
-                   **services.ray_client_env(), **services.s3_env(seaweed.endpoint)}
+                   **services.ray_client_env(head.extra["token_path"]), **services.s3_env(seaweed.endpoint)}
             rec = [] if args.skip == "recovery" else recovery(args, data, work, mlflow_server.endpoint, env)
             blk = ({} if args.skip == "blocking" else
                    blocking(args, data, work, mlflow_server.endpoint, env, seaweed.endpoint))

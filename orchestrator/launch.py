@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.cluster import job_client
 from orchestrator.console import Console, headline
 from orchestrator.runs import (RunLog, RunRecord, RunState, ensure_run, failure_lines, finish_run, new_run_id,
                                run_context, ui_url, write_record)
@@ -31,6 +32,8 @@ def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None,
     """Create or reopen the run, then train here or submit to ``cluster``; returns the exit code."""
     console = Console(verbose)
     run_id = run_id or new_run_id(spec)
+    if cluster:
+        job_client(cluster)  # a missing or rejected token, or a wrong address, fails before any MLflow run exists
     record, resumed = ensure_run(spec, run_id)
     console.echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
                  f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
@@ -177,9 +180,7 @@ def worker_env() -> dict:
 
 def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
     """Submit through Ray's Job Submission API; the job runs `sciscale launch --in-cluster` on the head."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster)
+    client = job_client(cluster)
     staging = Path(tempfile.mkdtemp(prefix="sciscale-submit-"))
     try:
         for pkg in PACKAGES:

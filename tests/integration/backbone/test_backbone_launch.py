@@ -228,10 +228,12 @@ def test_interrupted_run_resumes_from_checkpoint_into_same_mlflow_run(launcher, 
 
 
 def test_cluster_submit_succeeds_and_stop_marks_killed(launcher, mlflow_server, ray_head):
-    from ray.job_submission import JobSubmissionClient, JobStatus
+    from ray.job_submission import JobStatus
+
+    from orchestrator.cluster import job_client
 
     cmd, env, _ = launcher
-    jobs = JobSubmissionClient(ray_head.endpoint)
+    jobs = job_client(ray_head.endpoint)  # with the head's token (Ray's own client sends none in this process)
     done = _run(cmd("train.max_steps=4", run_id="cluster-ok", cluster=ray_head.endpoint), env)
     job_id = done.stdout.strip().splitlines()[-1]
     status = _wait_job(jobs, job_id, 400)
