@@ -34,7 +34,8 @@ def _batch():
     t = lambda a, dt=torch.float32: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
     positions = np.concatenate([np.arange(3 * n).reshape(n, 3) * 0.7 for n in counts])
     return {"positions": t(positions), "numbers": t(sum(NUMBERS, []), torch.int64),
-            "forces": t(np.concatenate(F_REF)), "batch": torch.repeat_interleave(torch.arange(4), t(counts, torch.int64)),
+            "forces": t(np.concatenate(F_REF)),
+            "batch": torch.repeat_interleave(torch.arange(4), t(counts, torch.int64)),
             "n_atoms": t(counts, torch.int64), "cell": t(np.tile(np.eye(3) * 5, (4, 1, 1))), "energy": t(E_REF),
             "stress": t(S_REF), "has_stress": t(HAS_STRESS, torch.bool), "pbc": torch.ones(4, 3, dtype=torch.bool),
             "sample_id": torch.arange(4), "_valid": torch.tensor([True, True, True, False])}

@@ -66,7 +66,8 @@ def _hand_rmse_acc(pred, truth, clim):
     w = WEIGHTS[:, None]
     mse = (w * (pred - truth) ** 2).mean(axis=(-2, -1)) * STD ** 2          # [T, V]
     fa, oa = pred - clim, truth - clim
-    acc = (w * fa * oa).sum(axis=(-2, -1)) / np.sqrt((w * fa ** 2).sum(axis=(-2, -1)) * (w * oa ** 2).sum(axis=(-2, -1)))
+    total = lambda a: a.sum(axis=(-2, -1))  # noqa: E731
+    acc = total(w * fa * oa) / np.sqrt(total(w * fa ** 2) * total(w * oa ** 2))
     return np.sqrt(mse.mean(0)), acc.mean(0)
 
 
@@ -80,7 +81,8 @@ def _manifest():
 
 def test_eval_leads_are_the_stored_multiples_of_the_model_lead():
     assert eval_leads(_spec(), _manifest()) == [6, 12, 18, 24, 36]
-    assert eval_leads(WeatherModelSpec(variables=VARS, grid=(2, 4), patch_size=2, lead_hours=12), _manifest()) == [12, 24, 36]
+    twelve = WeatherModelSpec(variables=VARS, grid=(2, 4), patch_size=2, lead_hours=12)
+    assert eval_leads(twelve, _manifest()) == [12, 24, 36]
     direct_only = WeatherModelSpec(variables=VARS, out_variables=VARS[:1], grid=(2, 4), patch_size=2, lead_hours=6)
     assert eval_leads(direct_only, _manifest()) == [6]
 
