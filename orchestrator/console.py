@@ -18,7 +18,7 @@ _BASELINES = ("persistence", "climatology", "zero_baseline", "lead_time")
 
 def headline(metrics: dict, limit: int = _HEADLINE) -> list[str]:
     """val/loss and the first few of the model's own scores (baselines and bookkeeping are in MLflow)."""
-    own = sorted(k for k in metrics if k != "val/loss" and k.startswith("val/") and not any(
+    own = sorted(k for k in metrics if k != "val/loss" and k.startswith(("val/", "eval/")) and not any(
         b in k for b in _BASELINES))
     return [k for k in ["val/loss", *own[:limit]] if k in metrics]
 

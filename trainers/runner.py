@@ -167,6 +167,8 @@ class Runner:
                 window = []
             if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
                 last.update(self.evaluate())
+            if t.eval_suite_every and (self.step % t.eval_suite_every == 0 or self.step == t.max_steps):
+                last.update(self._eval_suite())
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
                 self._checkpoint(last)
             elif self._preempted():
@@ -329,6 +331,13 @@ class Runner:
         if final and self.rank == 0 and first is not None and self.family.plots is not None:
             self._log_plots(*first)
         return metrics
+
+    def _eval_suite(self) -> dict:
+        from trainers.evaluate import during_training
+
+        scores = during_training(self.engine, self.spec, self.step, self.logger)
+        self.progress("eval", step=self.step, final=False, metrics=scores)
+        return scores
 
     def _reduce_eval(self, values: dict[str, list[float]]) -> dict:
         gathered: list = [None] * self.world

@@ -142,7 +142,7 @@ def evaluate(model, batches: Iterable[dict], spec, manifest, options: EvalOption
             break
     if totals.structures == 0:
         raise ValueError("atoms eval: the held-out data gave no real structures to score; check the dataset "
-                         "(sciscale data ls) and --max-samples")
+                         "(sciscale data inspect URL) and --max-samples")
     scores, notes = _scores(totals), {}
     figures = _parity_figures(totals) if options.plots else {}
     if options.physical_checks:

@@ -86,7 +86,7 @@ def evaluate(model, batches: Iterable[dict], spec: PdeModelSpec, manifest,
             break
     if seen == 0:
         raise ValueError("pde eval: the held-out data gave no real samples to score; check the dataset "
-                         "(sciscale data ls) and --max-samples")
+                         "(sciscale data inspect URL) and --max-samples")
     stacked = {key: np.concatenate(parts) for key, parts in errors.items()}
     scores = _scores(stacked, spec, dict(manifest.attrs or {}))
     table = _table(stacked, lead_times)

@@ -110,7 +110,7 @@ def evaluate(model, batches: Iterable[dict], spec: WeatherModelSpec, manifest,
             break
     if sums.count == 0:
         raise ValueError("weather eval: the held-out data gave no real samples to score; check the dataset "
-                         "(sciscale data ls) and --max-samples")
+                         "(sciscale data inspect URL) and --max-samples")
     scores = _scores(sums, names, leads)
     note = "" if can_roll(spec, dict(manifest.attrs or {})) else _NO_ROLLOUT
     table = [_row(scores, v, h, note) for v in names for h in leads]

@@ -81,8 +81,11 @@ def test_zero_stage_trains_with_decreasing_loss(stage, launcher, mlflow_server):
 
 def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server, tmp_path):
     cmd, env, runs_root = launcher
-    proc = _run(cmd("train.max_steps=6", run_id="artifacts"), env)
+    proc = _run(cmd("train.max_steps=6", "train.eval_suite_every=3", "train.eval_suite_samples=4",
+                    run_id="artifacts"), env)
     client, run = _mlflow_run(mlflow_server, "artifacts")
+    suite = client.get_metric_history(run.info.run_id, "eval/rel_l1_median")  # the family's scores in training
+    assert sorted(m.step for m in suite) == [3, 6], suite
     assert run.info.run_id in proc.stderr and "MLflow UI" in proc.stderr
     _check_console(proc, runs_root / "artifacts", env, steps=6)
     assert run.data.params["train.global_batch_size"] == "8"
