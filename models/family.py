@@ -63,3 +63,8 @@ class Family:
     prepare_model: Callable[[Any, Any, Any], None] | None = None
     """(model, spec, train manifest) -> None: set data-derived constants (e.g. per-element reference
     energies) before training; called once on every rank, before DeepSpeed wraps the model."""
+    no_split: tuple[str, ...] = ()
+    """Class names of the model's repeated blocks that Accelerate keeps on one device and, when offloaded,
+    loads whole before they run (big-model inference, trainers/inference.py). A block must be called through
+    its ``forward``; a class whose code reads a child's weights directly (``F.linear(x, self.qkv.weight)``)
+    must be listed. The model's own class listed here means the model is never split."""

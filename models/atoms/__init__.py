@@ -97,4 +97,7 @@ FAMILY = Family(
     median_metrics=("force_mae_mev_a",),
     plots=plots,
     prepare_model=prepare_model,
+    # MACE is never split: Accelerate cannot place mace-torch's buffers, and its load_state_dict hook (the
+    # normalisation constants) would not run
+    no_split=("NeighborBlock", "MaceModel"),
 )

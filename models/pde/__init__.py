@@ -37,4 +37,7 @@ FAMILY = Family(
     example_batch=example_batch,
     median_metrics=MEDIAN_METRICS,
     plots=_plots,
+    # WindowAttention reads qkv.weight directly, so its SwinLayer is loaded whole; FNO's spectral
+    # convolutions are leaves called through forward and split freely
+    no_split=("SwinLayer", "ConvNeXtBlock", "PatchMerge", "PatchUnmerge"),
 )

@@ -75,4 +75,6 @@ FAMILY = Family(
     example_batch=example_batch,
     plots=plots,
     derived_metrics=derived_metrics,
+    # nn.MultiheadAttention (ClimaX's variable aggregation) uses out_proj.weight without calling out_proj
+    no_split=("Block", "MultiheadAttention", "SphericalFourierNeuralOperatorBlock"),
 )
