@@ -56,7 +56,8 @@ def _small_cpu(source: ModelSource, fraction: float = 0.4) -> dict:
     return {"cpu": int(size * fraction), "disk": True}
 
 
-@pytest.mark.parametrize("model_spec", [SCOT, CLIMAX], ids=["scot", "climax"])
+@pytest.mark.parametrize("model_spec", [SCOT, CLIMAX, {**SCOT, "arch": "fno"}, {**CLIMAX, "arch": "sfno"}],
+                         ids=["scot", "climax", "fno", "sfno"])
 def test_split_across_cpu_and_disk_equals_the_plain_model(tmp_path, model_spec):
     source, reference = _source(tmp_path, model_spec)
     family = load_family(source.spec.model.family)
@@ -83,6 +84,27 @@ def test_weather_rollout_runs_a_split_model_through_forward(tmp_path):
     assert split.hf_device_map["blocks"] == "disk" and split.hf_device_map["pos_embed"] == "disk"
     torch.testing.assert_close(rollout(split, batch, source.spec.model), rollout(load_model(source), batch,
                                                                                    source.spec.model), rtol=0, atol=1e-6)
+
+
+def test_pde_rollout_of_a_split_scot_equals_the_plain_one(tmp_path):
+    from types import SimpleNamespace
+
+    from data.format import FieldSpec
+    from models.pde.loss import lead_time_errors
+
+    source, _ = _source(tmp_path, SCOT)
+    spec, family, rng = source.spec.model, load_family("pde"), np.random.default_rng(0)
+    fields = {"u": FieldSpec(dtype="float32", shape=(4, 2, 32, 32)), "t": FieldSpec(dtype="float32", shape=(4,))}
+    manifest = SimpleNamespace(attrs={"channel_mean": [0.1, 0.0], "channel_std": [2.0, 1.0], "split": "val"},
+                               fields=fields)
+    transform = family.make_transform(spec, manifest)
+    batch = family.collate([transform({"u": rng.normal(size=(4, 2, 32, 32)).astype(np.float32),
+                                       "t": np.linspace(0, 1, 4).astype(np.float32)}, rng) for _ in range(2)])
+    split = load_model(source, max_memory=_small_cpu(source), offload_dir=str(tmp_path / "off"))
+    want, got = lead_time_errors(load_model(source), batch, spec), lead_time_errors(split, batch, spec)
+    assert len(got["rollout"]) == len(got["lead_time"]) >= 2 and got["rollout"][-1] > 0
+    for curve in ("direct", "rollout"):
+        np.testing.assert_allclose(got[curve], want[curve], rtol=1e-6)
 
 
 def test_escaip_forces_and_stress_by_autograd_through_offloaded_blocks(tmp_path):
@@ -169,3 +191,16 @@ def test_plan_for_gpus_the_driver_lacks_folds_numbered_blocks():
     text = render_devices(plan)
     assert text.startswith("device map for max_memory 0=0.093 GiB, 1=0.093 GiB, cpu=0.186 GiB, disk:")
     assert "  blocks.{1..2}" in text and "-> cpu" in text and "bytes per device: 0: 0.016 GiB, 1: 0.047 GiB" in text
+
+
+@pytest.mark.parametrize("family,arches", [("pde", {"scot": SCOT, "fno": {**SCOT, "arch": "fno"}}),
+                                           ("weather", {"climax": CLIMAX, "sfno": {**CLIMAX, "arch": "sfno"}}),
+                                           ("atoms", {"escaip": ESCAIP, "mace": {"family": "atoms", "arch": "mace",
+                                                                                 "elements": ["Cu"]}})])
+def test_every_no_split_class_is_a_class_of_the_familys_models(family, arches):
+    names = set()
+    for model_spec in arches.values():
+        spec = validate_spec({"name": "t", "model": model_spec, **BASE})
+        with torch.device("meta"):
+            names |= {type(m).__name__ for m in load_family(family).build_model(spec.model).modules()}
+    assert set(load_family(family).no_split) <= names, sorted(set(load_family(family).no_split) - names)
