@@ -60,8 +60,9 @@ def resolve(source: str, runs_root: str = "runs", storage=None, *, tracking_uri:
             cache_dir: str | None = None) -> ModelSource:
     """The model SOURCE names (module docstring). ``tracking_uri`` is for MLflow URIs (default:
     MLFLOW_TRACKING_URI, else the runs root's embedded store); run ids and checkpoints use their run record's.
-    ``cache_dir`` holds consolidated checkpoints and downloaded MLflow artifacts (default ~/.cache/sciscale/models). Bad input raises
-    ValueError: what was given, what was looked for, what was expected, a hint."""
+    ``cache_dir`` holds consolidated checkpoints and downloaded MLflow artifacts (default
+    ~/.cache/sciscale/models). Bad input raises ValueError: what was given, what was looked for, what was
+    expected, a hint."""
     source = str(source).strip()
     if source.startswith(("runs:/", "models:/")):
         from trainers.model_uris import from_mlflow_uri
@@ -73,8 +74,8 @@ def resolve(source: str, runs_root: str = "runs", storage=None, *, tracking_uri:
     if _exists(f"{source.rstrip('/')}/sciscale/run.json", storage):  # a run directory RUNS_ROOT/RUN_ID
         root, source = _parent(source)
     record = read_record(root, source, storage) if source and "/" not in source else None
-    if record is not None:
-        return from_run(record, storage, cache_dir)
+    if record is not None:  # where it was found, also when the runs root has moved since the run was created
+        return from_run(replace(record, runs_root=root), storage, cache_dir)
     raise _no_source(source, root, storage)
 
 
@@ -115,7 +116,7 @@ def from_checkpoint(url: str, storage=None, cache_dir: str | None = None, *, spe
     """A checkpoint directory RUNS_ROOT/RUN_ID/checkpoint_*: consolidated to fp32 weights (cached)."""
     from data.storage import open_url
 
-    url = url.rstrip("/")
+    url = absolute_root(url)  # one cache key and label whatever the current directory
     fs, path = open_url(url, storage)
     path = path.rstrip("/")
     with fs.open(f"{path}/trainer_state.json", "r") as f:

@@ -81,6 +81,21 @@ def test_two_rank_checkpoints_consolidate(tmp_path, cache):
         _assert_equal_weights(source, root / f"zero{stage}" / "expected.safetensors")
 
 
+def test_remote_checkpoint_is_downloaded_verified_and_consolidated(one_rank, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")  # a runs root on another filesystem, through the one storage layer
+    for local in (one_rank / "zero1").rglob("*"):
+        if local.is_file():
+            fs.pipe(f"/remote-runs/zero1/{local.relative_to(one_rank / 'zero1')}", local.read_bytes())
+    try:
+        source = resolve("memory://remote-runs/zero1/checkpoint_000000", cache_dir=str(tmp_path / "cache"))
+    finally:
+        fs.rm("/remote-runs", recursive=True)
+    assert source.label == f"zero1/checkpoint_000000 step {writer.STEP}" and source.spec.distributed.zero_stage == 1
+    _assert_equal_weights(source, one_rank / "zero1" / "expected.safetensors")
+
+
 def test_damaged_checkpoint_is_refused_naming_the_file(one_rank, tmp_path):
     import shutil
 
