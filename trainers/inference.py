@@ -158,8 +158,9 @@ def _nothing_fits(model, sizes: dict, family) -> str:
             f"main device besides what it places there; raise cpu (or a GPU) above {_gib(largest)}")
 
 
-def _gib(n: int) -> str:
-    return f"{n / GiB:.3f} GiB" if n >= GiB // 1000 else f"{n:,} B"
+def _gib(n: float) -> str:
+    # Accelerate counts a bool as 1/8 byte, so sizes can be fractional
+    return f"{n / GiB:.3f} GiB" if n >= GiB // 1000 else f"{round(n):,} B"
 
 
 def render_devices(plan: DevicePlan, limit: int = 60) -> str:
