@@ -116,3 +116,8 @@ class Family:
     eval_suite: EvalSuite | None = None
     """The field's standard scores on a held-out split (``sciscale eval``, and every
     ``train.eval_suite_every`` steps during training)."""
+    no_split: tuple[str, ...] = ()
+    """Class names of the model's repeated blocks that Accelerate keeps on one device and, when offloaded,
+    loads whole before they run (big-model inference, trainers/inference.py). A block must be called through
+    its ``forward``; a class whose code reads a child's weights directly (``F.linear(x, self.qkv.weight)``)
+    must be listed. The model's own class listed here means the model is never split."""

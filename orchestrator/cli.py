@@ -70,7 +70,12 @@ def cmd_schema(args) -> int:
 def cmd_plan(args) -> int:
     from orchestrator.plan import render_plan
 
-    print(render_plan(_load(args)))
+    max_memory = None
+    if args.max_memory:
+        from trainers.inference import parse_max_memory  # torch-free: a bad budget fails before torch loads
+
+        max_memory = parse_max_memory(args.max_memory)
+    print(render_plan(_load(args), max_memory))
     return 0
 
 
@@ -202,8 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("plan", help="parameters, per-rank memory per ZeRO stage, batch decomposition")
+    p = sub.add_parser("plan", help="parameters, per-rank memory per ZeRO stage, batch decomposition; with "
+                       "--max-memory, the device map for inference")
     _spec_args(p)
+    p.add_argument("--max-memory", metavar="BUDGETS",
+                   help="also print the device map Accelerate gives the model for inference under these budgets, "
+                        "e.g. 0=20GiB,1=20GiB,cpu=64GiB,disk (GPU index or cpu = size; disk allows offloading "
+                        "what fits nowhere else); GPUs this machine lacks can be planned for")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("launch", help="run a spec on local Ray, or submit it to a cluster with --cluster")

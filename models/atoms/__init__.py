@@ -99,4 +99,7 @@ FAMILY = Family(
     plots=plots,
     prepare_model=prepare_model,
     eval_suite=EvalSuite(make_transform=make_transform, evaluate=evaluate.evaluate),
+    # MACE is never split: Accelerate cannot place mace-torch's buffers, and its load_state_dict hook (the
+    # normalisation constants) would not run
+    no_split=("NeighborBlock", "MaceModel"),
 )

@@ -39,4 +39,7 @@ FAMILY = Family(
     median_metrics=MEDIAN_METRICS,
     plots=_plots,
     eval_suite=EvalSuite(make_transform=evaluate.make_transform, evaluate=evaluate.evaluate),
+    # WindowAttention reads qkv.weight directly, so its SwinLayer is loaded whole; FNO's spectral
+    # convolutions are leaves called through forward and split freely
+    no_split=("SwinLayer", "ConvNeXtBlock", "PatchMerge", "PatchUnmerge"),
 )
