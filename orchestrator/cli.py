@@ -86,6 +86,12 @@ def cmd_launch(args) -> int:
     return launch(spec, run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, verbose=args.verbose)
 
 
+def cmd_eval(args) -> int:
+    from trainers.evaluate import run_eval  # torch loads here, not at CLI start
+
+    return run_eval(args)
+
+
 def cmd_resume(args) -> int:
     from orchestrator.launch import launch
     from orchestrator.runs import absolute_root
@@ -232,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     p.add_argument("-v", "--verbose", action="store_true", help="as for launch")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("eval", help="score a run, checkpoint or MLflow model by its field's benchmarks on a dataset")
+    p.add_argument("source", help="run id (in --runs-root), checkpoint directory, or MLflow model URI "
+                                  "(runs:/RUN/model, models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID)")
+    p.add_argument("--data", required=True, help="dataset version, or a root holding <split>/ versions")
+    p.add_argument("--split", help="split under --data (default: the dataset itself, else test/, else val/)")
+    p.add_argument("--runs-root", default="runs", help="runs root a run id lives in (default: runs)")
+    p.add_argument("--max-samples", type=int, help="score at most N held-out samples")
+    p.add_argument("--max-memory", metavar="BUDGETS", help="load with Accelerate under these budgets, e.g. "
+                   "0=20GiB,cpu=64GiB,disk (see `sciscale plan --max-memory`)")
+    p.add_argument("--offload-dir", help="directory for weights offloaded to disk (with --max-memory ...,disk)")
+    p.add_argument("--no-physical-checks", action="store_true",
+                   help="skip the atoms family's MD energy drift and relaxation checks (minutes on a CPU)")
+    p.add_argument("--no-log", action="store_true", help="print the scores without logging them to MLflow")
+    p.set_defaults(func=cmd_eval)
 
     from orchestrator import jobs
 

@@ -7,6 +7,8 @@ mode (every sample once, padding marked), the suite's own transform, the family'
 
 from __future__ import annotations
 
+import sys
+
 from models.family import EvalOptions, EvalReport
 
 
@@ -51,3 +53,76 @@ def during_training(engine, spec, step: int, logger) -> dict[str, float]:
         engine.train()
     logger.log(out, step)
     return out
+
+
+def dataset_url(data: str, split: str | None, storage=None) -> str:
+    """``--data`` is a dataset version, or a root holding ``<split>/`` versions as the generators and converters
+    write them: ``--split`` picks one (default: test, else val)."""
+    from data.storage import open_url
+
+    def has_manifest(url: str) -> bool:
+        fs, path = open_url(url, storage)
+        return fs.exists(f"{path.rstrip('/')}/manifest.json")
+
+    if split:
+        return f"{data.rstrip('/')}/{split}"
+    if has_manifest(data):
+        return data
+    for name in ("test", "val"):
+        if has_manifest(f"{data.rstrip('/')}/{name}"):
+            return f"{data.rstrip('/')}/{name}"
+    raise ValueError(f"--data {data}: no dataset there (no manifest.json) and no test/ or val/ dataset under it. "
+                     "Hint: point --data at a dataset version, or pass --split NAME")
+
+
+def run_eval(args) -> int:
+    """`sciscale eval SOURCE --data URL`: resolve, check against the data, load, score, print, log."""
+    from data.format import read_manifest
+    from data.storage import storage_options
+    from models import check_data
+    from orchestrator.specload import SpecError
+    from trainers.inference import load_model, parse_max_memory
+    from trainers.sources import resolve
+
+    budget = parse_max_memory(args.max_memory) if args.max_memory else None
+    source = resolve(args.source, args.runs_root)
+    spec = source.spec
+    url = dataset_url(args.data, args.split, spec.storage)
+    manifest = read_manifest(url, storage_options(url, spec.storage))
+    problems = check_data(spec.model, "val", url, manifest, where="--data")
+    if problems:
+        raise SpecError(f"the model of {source.label} against --data", [(m.field, m.spec_value, m.message())
+                                                                        for m in problems])
+    print(f"evaluating {source.label} on {url} ...", file=sys.stderr, flush=True)
+    model = load_model(source, max_memory=budget, offload_dir=args.offload_dir)
+    options = EvalOptions(max_samples=args.max_samples, physical_checks=not args.no_physical_checks)
+    report = score(model, spec.model, url, storage=spec.storage, manifest=manifest,
+                   micro_batch=spec.train.micro_batch_size, options=options)
+    print(render_table(report))
+    print(f"{report.samples} held-out samples scored", file=sys.stderr)
+    if not args.no_log:
+        from trainers.eval_log import log_evaluation
+
+        where = log_evaluation(source, args.source, url, manifest, report)
+        print(f"logged to MLflow: {where}", file=sys.stderr)
+    return 0
+
+
+def render_table(report: EvalReport) -> str:
+    """The report's table as aligned text columns."""
+    def cell(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    rows = [[cell(r.get(c)) for c in report.columns] for r in report.table]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(report.columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(report.columns, widths))]
+    lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
