@@ -29,10 +29,12 @@ def ns_data(tmp_path_factory):
 
 
 @pytest.fixture
-def launcher(ns_data, ray_head, mlflow_server, tmp_path):
+def launcher(ns_data, ray_head, mlflow_server, tmp_path, tmp_path_factory):
     env = {**os.environ, "RAY_ADDRESS": ray_head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": str(ROOT)}
-    base = [f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
+    # for --cluster launches: the test's head runs on this machine, so its temporary directories are shared
+    base = [f"storage.shared_paths=[{tmp_path_factory.getbasetemp()}]",
+            f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
             f"storage.runs_root={tmp_path / 'runs'}", f"tracking.uri={mlflow_server.endpoint}"]
 
     def cmd(*extra: str, run_id: str | None = None, cluster: str | None = None) -> list[str]:

@@ -35,8 +35,10 @@ def ns_data(tmp_path_factory):
 
 
 @pytest.fixture
-def launch_argv(ns_data, ray_head, mlflow_server, tmp_path):
-    sets = [f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
+def launch_argv(ns_data, ray_head, mlflow_server, tmp_path, tmp_path_factory):
+    # the test's head runs on this machine, so its temporary directories are paths every node has
+    sets = [f"storage.shared_paths=[{tmp_path_factory.getbasetemp()}]",
+            f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
             f"storage.runs_root={tmp_path / 'runs'}", f"tracking.uri={mlflow_server.endpoint}",
             f"tracking.experiment={EXPERIMENT}", "train.max_steps=4"]
 
