@@ -115,6 +115,9 @@ class Console:
         eta = (e["max_steps"] - e["step"]) * (now - t0) / (e["step"] - s0) if e["step"] > s0 else None
         self.echo(_step_line(e, eta))
 
+    def _on_note(self, e: dict) -> None:
+        self.echo(e["text"])
+
     def _on_eval(self, e: dict) -> None:
         metrics = e["metrics"]
         shown = headline(metrics)

@@ -73,8 +73,8 @@ class Runner:
             return
         lines = [f"{k} ({len(v)}):\n" + "\n".join(f"  {x}" for x in v) for k, v in report.items()]
         text = "\n".join(lines)
-        print(f"init_from {self.spec.train.init_from}: loaded {len(report['loaded'])} tensors; "
-              f"{len(report['shape_mismatch'])} shape mismatches re-initialised")
+        self.say(f"init_from {self.spec.train.init_from}: loaded {len(report['loaded'])} tensors; "
+                 f"{len(report['shape_mismatch'])} shape mismatches re-initialised")
         if isinstance(self.logger, MetricLogger):
             self.logger.client.log_text(self.logger.run_id, text, "init_from.txt")
 
@@ -128,8 +128,8 @@ class Runner:
         if latest is not None:
             with latest.as_directory() as directory:
                 self.load_state(directory)
-            print(f"[rank {self.rank}] resumed from step {self.step} (saved at world size "
-                  f"{self.resumed_world_size}, now {self.world})", flush=True)
+            self.say(f"resumed from step {self.step} (saved at world size {self.resumed_world_size}, "
+                     f"now {self.world})")
         self._record_attempt()
         from data.loader import build_loader
 
@@ -284,14 +284,18 @@ class Runner:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0:
             self._request_answered = True
-            print(f"[rank {self.rank}] checkpoint requested by the driver: checkpointing at step {self.step}",
-                  flush=True)
+            self.say(f"checkpoint requested by the driver: checkpointing at step {self.step}")
             return True
         if self._preemption_saved or resilience.preemption_notice() is None:
             return False
         self._preemption_saved = True
-        print(f"[rank {self.rank}] preemption notice: checkpointing at step {self.step}", flush=True)
+        self.say(f"preemption notice: checkpointing at step {self.step}")
         return True
+
+    def say(self, text: str) -> None:
+        """A line in this worker's log and, from rank 0, on the driver's console."""
+        print(f"[rank {self.rank}] {text}", flush=True)
+        self.progress("note", text=text)
 
     def _record_attempt(self) -> None:
         self.progress("start", step=self.step, world_size=self.world, saved_world_size=self.resumed_world_size,

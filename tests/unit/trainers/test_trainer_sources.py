@@ -137,8 +137,11 @@ def store(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{base}/mlflow.db"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", uri)  # the registry looks logged models up through the default URI
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    # the registry looks logged models up through the default URI, which an earlier test may have set
+    with pytest.MonkeyPatch.context() as env, _use_tracking_uri(uri):
+        env.setenv("MLFLOW_TRACKING_URI", uri)  # restored on exit (mlflow writes it too)
         return _fill_store(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri, base)
 
 
