@@ -68,8 +68,9 @@ def recovery(args, data: Path, work: Path, uri: str, env: dict) -> list[float]:
         print(f"killed rank 1 (pid {pid}) at step {step}", flush=True)
     if proc.wait(timeout=1800) != 0:
         raise RuntimeError(f"recovery run failed:\n{log.read_text()[-4000:]}")
-    done = [float(t) for t in re.findall(r"first step after start: step \d+ done at ([0-9.]+)", log.read_text())]
-    resumed = re.findall(r"\[rank 0\] resumed from step (\d+)", log.read_text())
+    rank0 = (work / "runs" / "recovery" / "sciscale" / "logs" / "worker-rank0.log").read_text()  # rank 0's own lines
+    done = [float(t) for t in re.findall(r"first step after start: step \d+ done at ([0-9.]+)", rank0)]
+    resumed = re.findall(r"\[rank 0\] resumed from step (\d+)", rank0)
     out = []
     for kill in kills:
         after = [t for t in done if t > kill]
@@ -130,7 +131,7 @@ def main() -> None:
         try:
             services.create_bucket(seaweed.endpoint, "bench-runs")
             env = {**os.environ, "RAY_ADDRESS": head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
-                   **services.ray_client_env(), **services.s3_env(seaweed.endpoint)}
+                   **services.ray_client_env(head.extra["token_path"]), **services.s3_env(seaweed.endpoint)}
             rec = [] if args.skip == "recovery" else recovery(args, data, work, mlflow_server.endpoint, env)
             blk = ({} if args.skip == "blocking" else
                    blocking(args, data, work, mlflow_server.endpoint, env, seaweed.endpoint))

@@ -5,8 +5,8 @@ Torch-free on purpose: the orchestrator imports this module to validate specs wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,56 @@ def raise_mismatches(problems: list[Mismatch]) -> None:
 
 
 @dataclass(frozen=True)
+class EvalOptions:
+    """How far an :class:`EvalSuite` goes: a full ``sciscale eval`` or a bounded call during training."""
+
+    max_samples: int | None = None
+    """Stop after this many real (not padding) held-out samples; None scores the whole split."""
+    plots: bool = True
+    """Make the suite's figures (matplotlib; skipped during training for speed)."""
+    physical_checks: bool = True
+    """Run the family's physical checks where it has them (atoms: NVE drift, FIRE relaxation)."""
+    device: str = "cpu"
+    """Where batches are put before the forward pass (the model is already placed)."""
+
+
+@dataclass
+class EvalReport:
+    """What an :class:`EvalSuite` returns: scores, a table and figures."""
+
+    scores: dict[str, float]
+    """Flat names without an ``eval/`` prefix, e.g. ``rmse/geopotential_500/120h``."""
+    columns: list[str]
+    """Column order of :attr:`table`."""
+    table: list[dict]
+    """Rows ({column: value}), printed by ``sciscale eval`` and logged as a table artifact."""
+    figures: dict[str, Any] = field(default_factory=dict)
+    """name -> matplotlib Figure (empty with ``EvalOptions(plots=False)``)."""
+    samples: int = 0
+    """Held-out samples scored (padding excluded)."""
+
+
+@dataclass(frozen=True)
+class EvalSuite:
+    """A family's standard scores as its field computes them (``models/<family>/evaluate.py``)."""
+
+    make_transform: Callable[[Any, Any], Callable]
+    """(model_spec, manifest) -> picklable transform(sample, rng) -> example, for held-out scoring; its
+    examples are batched with the family's ``collate`` by the reader in ``split="val"`` mode."""
+    evaluate: Callable[..., EvalReport]
+    """(model, batches: Iterable[dict], model_spec, manifest, options: EvalOptions) -> EvalReport. ``model`` is
+    in eval mode and placed; each batch carries the bool ``_valid`` (False = padding, never scored)."""
+
+
+def real_indices(valid: Sequence[bool], seen: int, max_samples: int | None) -> list[int]:
+    """Positions of the real samples of one micro-batch to score, given ``seen`` already scored: padding
+    (``_valid`` False) is skipped and the count stops at ``max_samples``."""
+    room = None if max_samples is None else max(0, max_samples - seen)
+    picked = [i for i, ok in enumerate(valid) if bool(ok)]
+    return picked if room is None else picked[:room]
+
+
+@dataclass(frozen=True)
 class Family:
     """What the trainer needs from a model family; nothing here knows about distribution."""
 
@@ -63,3 +113,11 @@ class Family:
     prepare_model: Callable[[Any, Any, Any], None] | None = None
     """(model, spec, train manifest) -> None: set data-derived constants (e.g. per-element reference
     energies) before training; called once on every rank, before DeepSpeed wraps the model."""
+    eval_suite: EvalSuite | None = None
+    """The field's standard scores on a held-out split (``sciscale eval``, and every
+    ``train.eval_suite_every`` steps during training)."""
+    no_split: tuple[str, ...] = ()
+    """Class names of the model's repeated blocks that Accelerate keeps on one device and, when offloaded,
+    loads whole before they run (big-model inference, trainers/inference.py). A block must be called through
+    its ``forward``; a class whose code reads a child's weights directly (``F.linear(x, self.qkv.weight)``)
+    must be listed. The model's own class listed here means the model is never split."""

@@ -70,7 +70,12 @@ def cmd_schema(args) -> int:
 def cmd_plan(args) -> int:
     from orchestrator.plan import render_plan
 
-    print(render_plan(_load(args)))
+    max_memory = None
+    if args.max_memory:
+        from trainers.inference import parse_max_memory  # torch-free: a bad budget fails before torch loads
+
+        max_memory = parse_max_memory(args.max_memory)
+    print(render_plan(_load(args), max_memory))
     return 0
 
 
@@ -79,6 +84,12 @@ def cmd_launch(args) -> int:
 
     spec = _checked(_load(args, check_files=not args.cluster), args.spec, args.cluster)
     return launch(spec, run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, verbose=args.verbose)
+
+
+def cmd_eval(args) -> int:
+    from trainers.evaluate import run_eval  # torch loads here, not at CLI start
+
+    return run_eval(args)
 
 
 def cmd_resume(args) -> int:
@@ -202,8 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("plan", help="parameters, per-rank memory per ZeRO stage, batch decomposition")
+    p = sub.add_parser("plan", help="parameters, per-rank memory per ZeRO stage, batch decomposition; with "
+                       "--max-memory, the device map for inference")
     _spec_args(p)
+    p.add_argument("--max-memory", metavar="BUDGETS",
+                   help="also print the device map Accelerate gives the model for inference under these budgets, "
+                        "e.g. 0=20GiB,1=20GiB,cpu=64GiB,disk (GPU index or cpu = size; disk allows offloading "
+                        "what fits nowhere else); GPUs this machine lacks can be planned for")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("launch", help="run a spec on local Ray, or submit it to a cluster with --cluster")
@@ -222,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     p.add_argument("-v", "--verbose", action="store_true", help="as for launch")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("eval", help="score a run, checkpoint or MLflow model by its field's benchmarks on a dataset")
+    p.add_argument("source", help="run id (in --runs-root), checkpoint directory, or MLflow model URI "
+                                  "(runs:/RUN/model, models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID)")
+    p.add_argument("--data", required=True, help="dataset version, or a root holding <split>/ versions")
+    p.add_argument("--split", help="split under --data (default: the dataset itself, else test/, else val/)")
+    p.add_argument("--runs-root", default="runs", help="runs root a run id lives in (default: runs)")
+    p.add_argument("--max-samples", type=int, help="score at most N held-out samples")
+    p.add_argument("--max-memory", metavar="BUDGETS", help="load with Accelerate under these budgets, e.g. "
+                   "0=20GiB,cpu=64GiB,disk (see `sciscale plan --max-memory`)")
+    p.add_argument("--offload-dir", help="directory for weights offloaded to disk (with --max-memory ...,disk)")
+    p.add_argument("--no-physical-checks", action="store_true",
+                   help="skip the atoms family's MD energy drift and relaxation checks (minutes on a CPU)")
+    p.add_argument("--no-log", action="store_true", help="print the scores without logging them to MLflow")
+    p.set_defaults(func=cmd_eval)
 
     from orchestrator import jobs
 

@@ -18,7 +18,7 @@ _BASELINES = ("persistence", "climatology", "zero_baseline", "lead_time")
 
 def headline(metrics: dict, limit: int = _HEADLINE) -> list[str]:
     """val/loss and the first few of the model's own scores (baselines and bookkeeping are in MLflow)."""
-    own = sorted(k for k in metrics if k != "val/loss" and k.startswith("val/") and not any(
+    own = sorted(k for k in metrics if k != "val/loss" and k.startswith(("val/", "eval/")) and not any(
         b in k for b in _BASELINES))
     return [k for k in ["val/loss", *own[:limit]] if k in metrics]
 
@@ -73,6 +73,8 @@ class Console:
 
         while True:
             done = stop.wait(poll_s)
+            if done:
+                time.sleep(poll_s)  # rank 0's last posts (fire-and-forget) may still be on their way
             try:
                 events = ray.get(board.take.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - Ray going down at the end of the run
@@ -112,6 +114,9 @@ class Console:
         t0, s0 = self._rate
         eta = (e["max_steps"] - e["step"]) * (now - t0) / (e["step"] - s0) if e["step"] > s0 else None
         self.echo(_step_line(e, eta))
+
+    def _on_note(self, e: dict) -> None:
+        self.echo(e["text"])
 
     def _on_eval(self, e: dict) -> None:
         metrics = e["metrics"]

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from orchestrator.cluster import job_client
 from orchestrator.runs import (RunState, absolute_root, failure_lines, finish_run, list_runs, mlflow_client,
                                read_record)
 
@@ -18,13 +19,7 @@ def _cluster(args) -> str:
 
 
 def _client(args):
-    from ray.job_submission import JobSubmissionClient
-
-    try:
-        return JobSubmissionClient(_cluster(args))
-    except ConnectionError as exc:
-        raise ValueError(f"cannot reach the Ray Job API at {_cluster(args)}: {exc}. Hint: is the head running "
-                         "(`ray start --head` or `sciscale stack up`) and is the dashboard port right?") from None
+    return job_client(_cluster(args))
 
 
 def _job_info(client, job_id: str):

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.cluster import job_client
 from orchestrator.console import Console, headline
 from orchestrator.registry import pin_init_from
 from orchestrator.runs import (RunLog, RunRecord, RunState, ensure_run, failure_lines, finish_run, new_run_id,
@@ -32,6 +33,8 @@ def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None,
     """Create or reopen the run, then train here or submit to ``cluster``; returns the exit code."""
     console = Console(verbose)
     run_id = run_id or new_run_id(spec)
+    if cluster:
+        job_client(cluster)  # a missing or rejected token, or a wrong address, fails before any MLflow run exists
     record, resumed = ensure_run(spec, run_id)
     console.echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
                  f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
@@ -91,7 +94,7 @@ def _grace_checkpoint(run: dict, grace_s: float) -> None:
 
 def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, connect_existing: bool = False) -> int:
     """Drive the training on a Ray instance from this process; the MLflow status follows the outcome."""
-    previous, stop = {}, threading.Event()
+    previous, stop, follower = {}, threading.Event(), None
     try:
         board = _start_ray(run, console, connect_existing)
         from trainers.resilience import clear_checkpoint_request
@@ -100,12 +103,15 @@ def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, conn
         _GRACE.update(run=run, grace_s=spec.distributed.preemption_grace_s, started=False, echo=console.echo)
         # after ray.init, which installs handlers of its own
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        threading.Thread(target=console.follow, args=(board, stop), name="sciscale-console", daemon=True).start()
+        follower = threading.Thread(target=console.follow, args=(board, stop), name="sciscale-console", daemon=True)
+        follower.start()
         from trainers.ray_job import fit
 
         result = fit(spec, record, run)
     except BaseException as exc:
         stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
         console.close_bar()
         return _failed(record, run, exc, console)
     finally:
@@ -113,7 +119,7 @@ def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, conn
         _GRACE.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    time.sleep(0.6)  # the console thread shows rank 0's last events
+    follower.join(timeout=10)  # it shows rank 0's last events first
     console.close_bar()
     finish_run(record, RunState.FINISHED)
     shown = ["train/loss", *headline(result)]
@@ -176,9 +182,7 @@ def worker_env() -> dict:
 
 def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
     """Submit through Ray's Job Submission API; the job runs `sciscale launch --in-cluster` on the head."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster)
+    client = job_client(cluster)
     staging = Path(tempfile.mkdtemp(prefix="sciscale-submit-"))
     try:
         for pkg in PACKAGES:

@@ -1,4 +1,5 @@
-"""`sciscale plan`: parameter count, per-rank memory per ZeRO stage, and the batch decomposition.
+"""`sciscale plan`: parameter count, per-rank memory per ZeRO stage, and the batch decomposition; with
+``--max-memory``, the device map the model gets for inference (trainers/inference.py).
 
 The model is built on the meta device (no memory, no data). Activation memory is measured by running one
 micro-batch forward on meta tensors and adding up the tensors autograd saves for the backward pass.
@@ -60,7 +61,17 @@ def zero_memory(params: int, trainable: int, stage: int, world: int, bf16: bool)
     }
 
 
-def render_plan(spec: JobSpec) -> str:
+def render_plan(spec: JobSpec, max_memory: dict | None = None) -> str:
+    """The plan as text; ``max_memory`` (trainers.inference.parse_max_memory) adds the inference device map."""
+    text = _render_training(spec)
+    if max_memory is None:
+        return text
+    from trainers.inference import plan_devices, render_devices
+
+    return f"{text}\n\n{render_devices(plan_devices(spec, max_memory))}"
+
+
+def _render_training(spec: JobSpec) -> str:
     total, trainable, act = count_and_activations(spec)
     t, d = spec.train, spec.distributed
     bf16 = t.precision == "bf16"

@@ -3,7 +3,9 @@
 The output is a ConfigMap holding the resolved spec and a RayJob whose own RayCluster has a CPU head group
 and one worker group sized from ``distributed``: one Ray Train worker per pod, so the pod's requests are
 ``resources_per_worker`` and the group's min/max replicas are the spec's worker range (KubeRay's autoscaler
-is switched on only when the range is elastic). Torch-free: imported by the CLI at start-up.
+is switched on only when the range is elastic). Ray token authentication is on: the head, the workers and
+the job submitter get RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the secret ``sciscale-ray-auth`` (key
+``token``), which must exist in the namespace. Torch-free: imported by the CLI at start-up.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ from typing import Any
 
 import yaml
 
+from orchestrator.cluster import KUBERAY_TOKEN_KEY, KUBERAY_TOKEN_SECRET
+
 SPEC_MOUNT = "/etc/sciscale"
 SPEC_FILE = "spec.yaml"
 DEFAULT_SERVICE_ACCOUNT = "sciscale-ray"
 MLFLOW_CLIENT_SECRET = "sciscale-mlflow-client"
 S3_SECRET = "sciscale-s3"  # static S3 keys for clusters without workload identity (optional)
 GPU_RESOURCE = "nvidia.com/gpu"
+# Ray token auth, set the way KubeRay documents it for clusters without `authOptions` (not in the schema of
+# infra/kuberay/schema): the secret is required, so a cluster without it does not start unauthenticated
+RAY_AUTH_ENV = [{"name": "RAY_AUTH_MODE", "value": "token"},
+                {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": KUBERAY_TOKEN_SECRET,
+                                                                          "key": KUBERAY_TOKEN_KEY}}}]
 # Node pools created by terraform/modules/sciscale-aws (labels and taints must match it).
 POOL_LABEL = "sciscale.io/pool"
 SPOT_TAINT = "sciscale.io/spot"
@@ -133,7 +142,7 @@ def render_kuberay(spec: Any, spec_yaml: str, *, run_id: str, image: str, namesp
               "spec": {"entrypoint": f"sciscale launch {SPEC_MOUNT}/{SPEC_FILE} --run-id {run_id} --in-cluster",
                        "submissionMode": "K8sJobMode", "shutdownAfterJobFinishes": True,
                        "ttlSecondsAfterFinished": 600, "submitterConfig": {"backoffLimit": 2},
-                       "rayClusterSpec": cluster}}
+                       "submitterPodTemplate": _submitter_pod(ctx), "rayClusterSpec": cluster}}
     return [config_map, rayjob]
 
 
@@ -147,7 +156,7 @@ def _ray_version() -> str:
 
 
 def _env(spec: Any, run_id: str) -> list[dict]:
-    env = [{"name": "SCISCALE_RUN_ID", "value": run_id}, {"name": "RAY_DEDUP_LOGS", "value": "0"}]
+    env = [{"name": "SCISCALE_RUN_ID", "value": run_id}, {"name": "RAY_DEDUP_LOGS", "value": "0"}, *RAY_AUTH_ENV]
     if spec.tracking.uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": spec.tracking.uri})
     if spec.storage.endpoint_url:
@@ -181,6 +190,18 @@ def _pod(ctx: dict, container: dict, volumes: list[dict], node_selector: dict | 
     if tolerations:
         spec["tolerations"] = tolerations
     return {"metadata": {"labels": ctx["labels"]}, "spec": spec}
+
+
+def _submitter_pod(ctx: dict) -> dict:
+    """The pod of KubeRay's submitter Job (it runs `ray job submit`; KubeRay fills in the command): its own
+    template only so that it gets the auth token, which KubeRay's default submitter lacks."""
+    resources = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    container = {"name": "ray-job-submitter", "image": ctx["image"], "imagePullPolicy": "IfNotPresent",
+                 "env": list(RAY_AUTH_ENV), "resources": resources,
+                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+    pod = _pod(ctx, container, [], node_selector={POOL_LABEL: "system"})
+    pod["spec"]["restartPolicy"] = "Never"
+    return pod
 
 
 def _head_group(ctx: dict, config_map: str) -> dict:

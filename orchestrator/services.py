@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -140,7 +141,7 @@ def _spawn(name: str, argv: list[str], workdir: Path, env: dict | None = None) -
 
 
 def wait_http(url: str, proc: subprocess.Popen, name: str, log_path: Path, timeout: float = 90.0,
-              ok=lambda status, body: status < 500) -> None:
+              ok=lambda status, body: status < 500, headers: dict[str, str] | None = None) -> None:
     """Poll ``url`` until ``ok(status, body)``; fail with the log tail if the process dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -148,7 +149,7 @@ def wait_http(url: str, proc: subprocess.Popen, name: str, log_path: Path, timeo
             raise RuntimeError(f"{name} exited with code {proc.returncode} before it was ready; "
                                f"log {log_path}:\n{_tail(log_path)}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
                 if ok(resp.status, resp.read()):
                     return
         except urllib.error.HTTPError as err:
@@ -259,37 +260,58 @@ def start_mlflow_server(workdir: str | os.PathLike, backend_uri: str | None = No
 def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port: int | None = None,
                    dashboard_port: int | None = None, resources: dict[str, float] | None = None,
                    env: dict | None = None, timeout: float = 300.0) -> Service:
-    """A Ray head (``ray start --head --block``) in its own process group; endpoint = Job API URL."""
+    """A Ray head (``ray start --head --block``) in its own process group with token authentication on; its
+    token is ``workdir/auth_token`` (made, mode 0600, unless it exists). endpoint = Job API URL; ``extra``
+    holds ``gcs_address`` and ``token_path``: pass ``ray_client_env(token_path)`` to its clients."""
     workdir = Path(workdir).resolve()
+    token_path = ensure_token_file(workdir / "auth_token")
     port = port or free_port()
     dashboard_port = dashboard_port or free_port()
     argv = [_binary("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+            # the agent's default port 52365 is taken by any other Ray on the machine; without the agent the
+            # Job API answers "No available agent"
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={Path('/tmp') / ('ray-' + str(port))}", "--disable-usage-stats"]
     if num_cpus is not None:
         argv.append(f"--num-cpus={num_cpus}")
     if resources:
         argv.append(f"--resources={json.dumps(resources)}")
-    # Ray >= 2.5x turns token auth on by itself once any local ray.init() wrote ~/.ray/auth_token; this head
-    # listens on loopback only, so auth stays off and clients need RAY_AUTH_MODE=disabled too (ray_client_env).
     # RAY_ADDRESS names this head for its own processes: several heads may share /tmp/ray on one machine
-    head_env = {**ray_client_env(), "RAY_ADDRESS": f"127.0.0.1:{port}", **(env or {})}
+    head_env = {**ray_client_env(token_path), "RAY_ADDRESS": f"127.0.0.1:{port}", **(env or {})}
     proc = _spawn("ray", argv, workdir, env=head_env)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
+    # /api/version needs the token: a 200 also proves that the head took our token file
+    auth = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
     wait_http(dashboard + "/api/version", proc, "Ray head", workdir / "ray.log", timeout=timeout,
-              ok=lambda status, body: status == 200)
+              ok=lambda status, body: status == 200, headers=auth)
     return Service("ray", proc.pid, dashboard, str(workdir / "ray.log"),
-                   extra={"gcs_address": f"127.0.0.1:{port}"}, _proc=proc)
+                   extra={"gcs_address": f"127.0.0.1:{port}", "token_path": str(token_path)}, _proc=proc)
 
 
-def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int | None = None,
-                   resources: dict[str, float] | None = None, worker_ports: tuple[int, int] = (20000, 29999),
-                   timeout: float = 180.0) -> Service:
-    """One more Ray node on this machine joining the head at ``gcs_address`` (``ray start --address --block``),
-    in its own process group; its ports are picked free and its worker ports kept apart from the head's.
-    Returns once the cluster counts it as alive; ``stop()`` takes the node away (its workers die with it)."""
+def ensure_token_file(path: Path) -> Path:
+    """A Ray auth token in ``path`` (256 random bits, like `ray get-auth-token --generate`), readable by this
+    user only; an existing non-empty file is kept, so clients that read it before a restart still fit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.read_text().strip():
+        path.chmod(0o600)
+        return path
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def start_ray_node(workdir: str | os.PathLike, gcs_address: str, token_path: str | os.PathLike,
+                   num_cpus: int | None = None, resources: dict[str, float] | None = None,
+                   worker_ports: tuple[int, int] = (20000, 29999), timeout: float = 180.0) -> Service:
+    """One more Ray node on this machine joining the head at ``gcs_address`` (``ray start --address --block``)
+    with the head's token, in its own process group; its ports are picked free and its worker ports kept
+    apart from the head's. Returns once the cluster counts it as alive; ``stop()`` takes the node away (its
+    workers die with it)."""
     workdir = Path(workdir).resolve()
-    before = len(alive_nodes(gcs_address))
+    before = len(alive_nodes(gcs_address, token_path))
     argv = [_binary("ray"), "start", "--block", f"--address={gcs_address}", "--node-ip-address=127.0.0.1",
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
@@ -299,9 +321,9 @@ def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int |
         argv.append(f"--num-cpus={num_cpus}")
     if resources:
         argv.append(f"--resources={json.dumps(resources)}")
-    proc = _spawn("ray-node", argv, workdir, env={**ray_client_env(), "RAY_ADDRESS": gcs_address})
+    proc = _spawn("ray-node", argv, workdir, env={**ray_client_env(token_path), "RAY_ADDRESS": gcs_address})
     deadline = time.monotonic() + timeout
-    while len(alive_nodes(gcs_address)) <= before:
+    while len(alive_nodes(gcs_address, token_path)) <= before:
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_group(proc.pid)
             raise RuntimeError(f"Ray node did not join {gcs_address} in {timeout:.0f} s; log:\n"
@@ -310,21 +332,25 @@ def start_ray_node(workdir: str | os.PathLike, gcs_address: str, num_cpus: int |
     return Service("ray-node", proc.pid, gcs_address, str(workdir / "ray-node.log"), _proc=proc)
 
 
-def alive_nodes(gcs_address: str, workers_only: bool = False) -> list[str]:
-    """Node ids of the live nodes of the cluster at ``gcs_address``, without the head's when ``workers_only``
-    (asked in a subprocess: ray.init is process-wide). Empty when the cluster cannot be reached."""
+def alive_nodes(gcs_address: str, token_path: str | os.PathLike, workers_only: bool = False) -> list[str]:
+    """Node ids of the live nodes of the cluster at ``gcs_address`` (token in ``token_path``), without the
+    head's when ``workers_only`` (asked in a subprocess: ray.init is process-wide). Empty when the cluster
+    cannot be reached."""
     probe = ("import json, ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
              "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and not (sys.argv[2] == '1' and "
              "'node:__internal_head__' in n['Resources'])]))")
     proc = subprocess.run([sys.executable, "-c", probe, gcs_address, "1" if workers_only else "0"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **ray_client_env()})
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **ray_client_env(token_path)})
     lines = proc.stdout.strip().splitlines()
     return json.loads(lines[-1]) if proc.returncode == 0 and lines and lines[-1].startswith("[") else []
 
 
-def ray_client_env() -> dict[str, str]:
-    """Environment for processes that talk to a head from start_ray_head."""
-    return {"RAY_AUTH_MODE": "disabled"}
+def ray_client_env(token_path: str | os.PathLike) -> dict[str, str]:
+    """Environment for processes that talk to (or join) a head from start_ray_head: token auth with the token
+    in ``token_path``. RAY_AUTH_TOKEN is emptied because it would win over the file, and an empty one counts
+    as unset (in Ray and in orchestrator.cluster), so nothing depends on the caller's shell or ~/.ray."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_AUTH_TOKEN": ""}
 
 
 def save_services(path: str | os.PathLike, services: list[Service]) -> None:

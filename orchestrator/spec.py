@@ -66,6 +66,12 @@ class TrainSpec(BaseModel):
     """Evaluate on data.val every N steps (0: only at the end)."""
     eval_batches: int | None = Field(default=None, ge=1)
     """Micro-batches per rank per evaluation (null: the whole validation set)."""
+    eval_suite_every: int = Field(default=0, ge=0)
+    """Run the family's evaluation suite (the scores of `sciscale eval`: WeatherBench2 RMSE/ACC, Poseidon's
+    relative L1, energy/force MAE and EFwT) every N steps and at the end, on the first eval_suite_samples samples
+    of each val dataset, without plots or physical checks; logged as eval/<score> (0: off)."""
+    eval_suite_samples: int = Field(default=64, ge=1)
+    """Held-out samples the in-training evaluation suite scores (a bounded subset keeps it cheap)."""
     checkpoint_every: int = Field(default=0, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = Field(default=2, ge=1)
@@ -261,8 +267,9 @@ class JobSpec(BaseModel):
         if self.train.nonfinite == "rollback" and self.distributed.max_failures < 1:
             raise ValueError("train.nonfinite=rollback restarts the workers from the last checkpoint: set "
                              "distributed.max_failures >= 1")
-        if self.train.eval_every and not self.data.val:
-            raise ValueError(f"train.eval_every={self.train.eval_every} needs data.val datasets (none given)")
+        for name in ("eval_every", "eval_suite_every"):
+            if getattr(self.train, name) and not self.data.val:
+                raise ValueError(f"train.{name}={getattr(self.train, name)} needs data.val datasets (none given)")
         return self
 
 

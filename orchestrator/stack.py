@@ -1,11 +1,12 @@
 """`sciscale stack up | down | status`: the real services of a cluster, as local processes under one folder.
 
 ``up`` starts SeaweedFS (S3 API), an MLflow tracking server (sqlite under the folder, or Postgres when given
-a URL) whose artifacts are proxied to a bucket on that SeaweedFS, and a Ray head, each on loopback in its
-own process group, and reports ready only after every health check answers. The folder's ``stack.json``
-records what was started; ``up`` again with everything healthy changes nothing, ``down`` stops exactly the
-recorded process groups (and any process that still names the stack's folders), and ``status`` prints the
-URLs and the environment a spec needs. Torch-free: imported by the CLI at start-up.
+a URL) whose artifacts are proxied to a bucket on that SeaweedFS, and a Ray head that requires the auth
+token in ``ray/auth_token`` (mode 0600), each on loopback in its own process group, and reports ready only
+after every health check answers. The folder's ``stack.json`` records what was started; ``up`` again with
+everything healthy changes nothing, ``down`` stops exactly the recorded process groups (and any process
+that still names the stack's folders), and ``status`` prints the URLs and the environment a spec (or a
+Ray client) needs. Torch-free: imported by the CLI at start-up.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any, Iterator
 from orchestrator import services
 
 STATE_FILE = "stack.json"
+STATE_VERSION = 2  # 2: the Ray head requires the auth token in ray/auth_token
 DEFAULT_BUCKET = "sciscale"
-RAY_AUTH_MODE = "disabled"
 # The AWS C++ SDK in pyarrow (Ray Train's checkpoint uploads) sends trailing CRC checksums on UploadPart by
 # default, which SeaweedFS rejects as INVALID_ACCESS_KEY_ID; checksums only where the API requires them.
 S3_COMPAT_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
@@ -105,19 +106,26 @@ def leader_alive(record: dict) -> bool:
 
 
 def healthy(record: dict, timeout: float = 5.0, tries: int = 3) -> bool:
-    """Alive and answering; a loaded machine can delay an answer, so a service gets a few tries."""
+    """Alive and answering (the Ray head: and taking the stack's token); a loaded machine can delay an
+    answer, so a service gets a few tries."""
     for attempt in range(tries):
         if not leader_alive(record):
             return False
         try:
-            with urllib.request.urlopen(record["endpoint"] + _HEALTH_PATH[record["name"]], timeout=timeout) as resp:
+            with urllib.request.urlopen(_health_request(record), timeout=timeout) as resp:
                 if resp.status < 500:
                     return True
-        except OSError:
+        except OSError:  # also an HTTP error status, e.g. 401 for a token the head does not take
             pass
         if attempt < tries - 1:
             time.sleep(1.0)
     return False
+
+
+def _health_request(record: dict) -> urllib.request.Request:
+    token_path = record.get("extra", {}).get("token_path")
+    headers = {"Authorization": f"Bearer {Path(token_path).read_text().strip()}"} if token_path else {}
+    return urllib.request.Request(record["endpoint"] + _HEALTH_PATH[record["name"]], headers=headers)
 
 
 def client_env(state: dict) -> dict[str, str]:
@@ -126,7 +134,8 @@ def client_env(state: dict) -> dict[str, str]:
     env = dict(state["s3_env"])
     env["MLFLOW_TRACKING_URI"] = by_name["mlflow"]["endpoint"]
     env["RAY_ADDRESS"] = by_name["ray"]["extra"]["gcs_address"]
-    env["RAY_AUTH_MODE"] = RAY_AUTH_MODE
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = by_name["ray"]["extra"]["token_path"]
     env["SCISCALE_RAY_DASHBOARD"] = by_name["ray"]["endpoint"]
     env["SCISCALE_S3_BUCKET"] = state["bucket"]
     return env
@@ -154,11 +163,12 @@ def up(stack_dir: Path, *, bucket: str = DEFAULT_BUCKET, postgres_url: str | Non
     _check_up_args(bucket, postgres_url, ports or {})
     stack_dir.mkdir(parents=True, exist_ok=True)
     state = load_state(stack_dir)
-    if state and all(healthy(s) for s in state["services"]):
+    current = bool(state) and state.get("version") == STATE_VERSION
+    if current and all(healthy(s) for s in state["services"]):
         echo(f"stack in {stack_dir} is already up")
         return state
     if state:
-        echo(f"stack in {stack_dir} is partly down; restarting it")
+        echo(f"stack in {stack_dir} is {'partly down' if current else 'from an older sciscale'}; restarting it")
         down(stack_dir)
     ports = _reuse_ports(state, ports or {})
     started: list[services.Service] = []
@@ -209,19 +219,18 @@ def _start_all(stack_dir: Path, bucket: str, postgres_url: str | None, num_cpus:
         artifacts_destination=f"s3://{bucket}/mlflow-artifacts",
         env={**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint})
     started.append(mlflow)
-    echo("starting Ray head ...")
-    # Ray workers inherit the raylet's environment: give them the stack's S3 and MLflow settings. Token auth
-    # is off on purpose: Ray turns it on by itself once any local ray.init() has written ~/.ray/auth_token,
-    # and then the token-less health check (and clients without the file) get 401; the head binds loopback.
+    echo("starting Ray head (token auth) ...")
+    # Ray workers inherit the raylet's environment: give them the stack's S3 and MLflow settings. The head
+    # requires the token start_ray_head writes to ray/auth_token (0600): other local users cannot submit code.
     # RAY_ADDRESS names this head for Ray Train's state-API calls, which otherwise find every Ray instance
     # on the machine (/tmp/ray is shared) and give up.
     gcs_port = ports.get("ray") or services.free_port()
     with _environ({**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_TRACKING_URI": mlflow.endpoint,
-                   "RAY_AUTH_MODE": RAY_AUTH_MODE, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}):
+                   "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}):
         ray = services.start_ray_head(stack_dir / "ray", num_cpus=num_cpus, port=gcs_port,
                                       dashboard_port=ports.get("dashboard"))
     started.append(ray)
-    return {"version": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"version": STATE_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dir": str(stack_dir), "bucket": bucket, "s3_env": s3_env,
             "ports": {"s3": int(s3.endpoint.rsplit(":", 1)[1]), "mlflow": int(mlflow.endpoint.rsplit(":", 1)[1]),
                       "ray": int(ray.extra["gcs_address"].rsplit(":", 1)[1]),
@@ -307,6 +316,10 @@ def handle_status(args: argparse.Namespace) -> int:
     if state is None:
         print(f"no stack in {stack_dir}; start one with `sciscale stack up`")
         return 1
+    if state.get("version") != STATE_VERSION:
+        print(f"the stack in {stack_dir} was started by an older sciscale (its Ray head takes no auth token); "
+              f"restart it with `sciscale stack up --dir {stack_dir}`")
+        return 1
     health = {s["name"]: healthy(s) for s in state["services"]}
     if args.json:
         text = json.dumps({**state, "healthy": health, "env": client_env(state)}, indent=2)
@@ -333,6 +346,8 @@ def describe(state: dict, health: dict[str, bool] | None = None) -> str:
              f"artifacts {by_name['mlflow']['extra']['artifacts_destination']}",
              f"  Ray head        {mark[health['ray']]:4}  {by_name['ray']['endpoint']}  "
              f"GCS {by_name['ray']['extra']['gcs_address']}",
+             f"  Ray auth token  {by_name['ray']['extra']['token_path']}  (mode 0600; the exports below point "
+             "clients at it)",
              "", "Environment (eval \"$(sciscale stack status --env)\"):", env_lines(state), "",
              "In a spec:",
              f"  data:     {{train: [{{url: s3://{state['bucket']}/datasets/NAME}}]}}",

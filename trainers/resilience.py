@@ -167,6 +167,9 @@ def record_failure(run: dict, worker_exceptions: dict) -> None:
     stamp = utc_stamp()
     text = "; ".join(describe_failure(rank, exc) for rank, exc in sorted(worker_exceptions.items()))
     print(f"worker failure at {stamp}: {text}", flush=True)
+    from trainers.progress import ProgressSender
+
+    ProgressSender(run.get("run_id"))("note", text=f"worker failure: {text}")
     if not run.get("mlflow_run_id"):
         return
 

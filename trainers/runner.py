@@ -78,8 +78,8 @@ class Runner:
             return
         lines = [f"{k} ({len(v)}):\n" + "\n".join(f"  {x}" for x in v) for k, v in report.items()]
         text = "\n".join(lines)
-        print(f"init_from {self.spec.train.init_from}: loaded {len(report['loaded'])} tensors; "
-              f"{len(report['shape_mismatch'])} shape mismatches re-initialised")
+        self.say(f"init_from {self.spec.train.init_from}: loaded {len(report['loaded'])} tensors; "
+                 f"{len(report['shape_mismatch'])} shape mismatches re-initialised")
         if isinstance(self.logger, MetricLogger):
             self.logger.client.log_text(self.logger.run_id, text, "init_from.txt")
 
@@ -135,8 +135,8 @@ class Runner:
         if latest is not None:
             with latest.as_directory() as directory:
                 self.load_state(directory)
-            print(f"[rank {self.rank}] resumed from step {self.step} (saved at world size "
-                  f"{self.resumed_world_size}, now {self.world})", flush=True)
+            self.say(f"resumed from step {self.step} (saved at world size {self.resumed_world_size}, "
+                     f"now {self.world})")
         self._record_attempt()
         from data.loader import build_loader
 
@@ -175,6 +175,8 @@ class Runner:
                 window = []
             if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
                 last.update(self.evaluate())
+            if t.eval_suite_every and (self.step % t.eval_suite_every == 0 or self.step == t.max_steps):
+                last.update(self._eval_suite())
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
                 self._checkpoint(last)
             elif self._preempted():
@@ -290,14 +292,18 @@ class Runner:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0:
             self._request_answered = True
-            print(f"[rank {self.rank}] checkpoint requested by the driver: checkpointing at step {self.step}",
-                  flush=True)
+            self.say(f"checkpoint requested by the driver: checkpointing at step {self.step}")
             return True
         if self._preemption_saved or resilience.preemption_notice() is None:
             return False
         self._preemption_saved = True
-        print(f"[rank {self.rank}] preemption notice: checkpointing at step {self.step}", flush=True)
+        self.say(f"preemption notice: checkpointing at step {self.step}")
         return True
+
+    def say(self, text: str) -> None:
+        """A line in this worker's log and, from rank 0, on the driver's console."""
+        print(f"[rank {self.rank}] {text}", flush=True)
+        self.progress("note", text=text)
 
     def _record_attempt(self) -> None:
         self.progress("start", step=self.step, world_size=self.world, saved_world_size=self.resumed_world_size,
@@ -337,6 +343,13 @@ class Runner:
         if final and self.rank == 0 and first is not None and self.family.plots is not None:
             self._log_plots(*first)
         return metrics
+
+    def _eval_suite(self) -> dict:
+        from trainers.evaluate import during_training
+
+        scores = during_training(self.engine, self.spec, self.step, self.logger)
+        self.progress("eval", step=self.step, final=False, metrics=scores)
+        return scores
 
     def _reduce_eval(self, values: dict[str, list[float]]) -> dict:
         gathered: list = [None] * self.world

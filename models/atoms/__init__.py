@@ -9,7 +9,8 @@ from models.atoms.config import AtomsModelSpec, atomic_number
 from models.atoms.loss import loss, metrics
 from models.atoms.neighbors import mean_neighbor_count
 from models.atoms.plots import plots
-from models.family import Family
+from models.atoms import evaluate
+from models.family import EvalSuite, Family
 
 
 def build_model(spec: AtomsModelSpec) -> torch.nn.Module:
@@ -97,4 +98,8 @@ FAMILY = Family(
     median_metrics=("force_mae_mev_a",),
     plots=plots,
     prepare_model=prepare_model,
+    eval_suite=EvalSuite(make_transform=make_transform, evaluate=evaluate.evaluate),
+    # MACE is never split: Accelerate cannot place mace-torch's buffers, and its load_state_dict hook (the
+    # normalisation constants) would not run
+    no_split=("NeighborBlock", "MaceModel"),
 )

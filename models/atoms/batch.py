@@ -42,6 +42,7 @@ class AtomsTransform:
             "positions": pos,
             "numbers": np.asarray(sample["numbers"], dtype=np.int64),
             "cell": np.asarray(sample["cell"], dtype=np.float32).reshape(3, 3),
+            "pbc": np.broadcast_to(np.asarray(sample["pbc"], dtype=bool).reshape(-1), (3,)).copy(),
             "energy": np.float64(np.asarray(sample["energy"]).reshape(-1)[0]),
             "forces": np.asarray(sample["forces"], dtype=np.float32),
             "stress": voigt_to_matrix(sample["stress"]) if has_stress else np.zeros((3, 3)),
@@ -78,6 +79,8 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
         "cell": torch.from_numpy(np.stack([e["cell"] for e in examples])), "energy": stack("energy", torch.float32),
         "stress": stack("stress", torch.float32), "has_stress": stack("has_stress", torch.bool),
         "mean_atoms": stack("mean_atoms", torch.float32),
+        # periodicity per axis [b, 3]: the eval suite rebuilds ASE structures for its physical checks
+        **({"pbc": stack("pbc", torch.bool)} if all("pbc" in e for e in examples) else {}),
     }
 
 

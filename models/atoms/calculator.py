@@ -1,8 +1,10 @@
 """An ASE calculator around a trained sciscale potential (EScAIP or MACE).
 
-Load it from a ``weights.safetensors`` file plus the spec (a job spec YAML or its ``model`` section), or from
-an MLflow URI: a run's weights (``runs:/RUN_ID``) or the logged PyTorch model (``models:/NAME/VERSION``,
-``runs:/RUN_ID/model``). Neighbour lists are built per call with vesin.
+Load it from any SOURCE ``sciscale eval`` takes (a run id, a checkpoint directory, an MLflow model URI; with
+``max_memory`` split across devices by Accelerate) with :meth:`SciscaleCalculator.from_source`, from a
+``weights.safetensors`` file plus the spec (a job spec YAML or its ``model`` section), or from an MLflow URI: a
+run's weights (``runs:/RUN_ID``) or the logged PyTorch model (``models:/NAME/VERSION``, ``runs:/RUN_ID/model``).
+Neighbour lists are built per call with vesin.
 """
 
 from __future__ import annotations
@@ -41,10 +43,31 @@ class SciscaleCalculator(Calculator):
 
     def __init__(self, model: torch.nn.Module, *, dtype: torch.dtype = torch.float64, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
-        self.model = model.to(device=device, dtype=dtype).eval()
+        # a model split by Accelerate stays where it was placed (its dtype was set when it was loaded) and its
+        # hooks move the batch to each part's device; moving it would raise
+        split = len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1
+        self.model = (model if split else model.to(device=device, dtype=dtype)).eval()
         self.dtype, self.device = dtype, device
         self.transform = AtomsTransform(model.cutoff, model.max_neighbors)
         self._warned = False
+
+    @classmethod
+    def from_source(cls, source, *, runs_root: str = "runs", max_memory: dict | None = None,
+                    offload_dir: str | None = None, storage=None, **kwargs) -> "SciscaleCalculator":
+        """From a trainers.sources.ModelSource or a SOURCE string (run id, checkpoint directory, MLflow model
+        URI, resolved against ``runs_root``), loaded by trainers.inference.load_model (``max_memory``:
+        Accelerate's device map; MACE models are never split)."""
+        from trainers.inference import load_model
+        from trainers.sources import ModelSource, resolve
+
+        if not isinstance(source, ModelSource):
+            source = resolve(source, runs_root=runs_root, storage=storage)
+        if source.spec.model.family != "atoms":
+            raise ValueError(f"{source.label} is a {source.spec.model.family} model; the ASE calculator needs an "
+                             "atoms model (EScAIP or MACE). Hint: check SOURCE")
+        dtype, device = kwargs.get("dtype", torch.float64), kwargs.get("device", "cpu")
+        model = load_model(source, device=device, max_memory=max_memory, offload_dir=offload_dir, dtype=dtype)
+        return cls(model, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, weights: str, spec, **kwargs) -> "SciscaleCalculator":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.family import Family
+from models.family import EvalSuite, Family
+from models.pde import evaluate
 from models.pde.config import PdeModelSpec
 from models.pde.loss import MEDIAN_METRICS, loss, metrics
 from models.pde.transform import collate, example_batch, make_transform
@@ -37,4 +38,8 @@ FAMILY = Family(
     example_batch=example_batch,
     median_metrics=MEDIAN_METRICS,
     plots=_plots,
+    eval_suite=EvalSuite(make_transform=evaluate.make_transform, evaluate=evaluate.evaluate),
+    # WindowAttention reads qkv.weight directly, so its SwinLayer is loaded whole; FNO's spectral
+    # convolutions are leaves called through forward and split freely
+    no_split=("SwinLayer", "ConvNeXtBlock", "PatchMerge", "PatchUnmerge"),
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.family import Family
+from models.family import EvalSuite, Family
+from models.weather import evaluate
 from models.weather.config import WeatherModelSpec
 from models.weather.metrics import weighted_acc, weighted_mse, weighted_mse_loss
 from models.weather.plots import plots
@@ -75,4 +76,7 @@ FAMILY = Family(
     example_batch=example_batch,
     plots=plots,
     derived_metrics=derived_metrics,
+    eval_suite=EvalSuite(make_transform=evaluate.make_transform, evaluate=evaluate.evaluate),
+    # nn.MultiheadAttention (ClimaX's variable aggregation) uses out_proj.weight without calling out_proj
+    no_split=("Block", "MultiheadAttention", "SphericalFourierNeuralOperatorBlock"),
 )

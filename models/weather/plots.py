@@ -16,16 +16,18 @@ def rollout(model, batch: dict, spec: WeatherModelSpec) -> torch.Tensor:
     """Autoregressive forecasts [b, K, V_out, H, W] at leads lead_hours * 1..K (normalised units).
 
     Each prediction becomes the newest input step; with history > 1 this assumes the stored history step
-    equals the lead, as the converter's defaults do for 6 h leads.
+    equals the lead, as the converter's defaults do for 6 h leads. The model is called through ``forward``
+    (not ``predict``): on a model split by Accelerate, hooks on ``forward`` move the inputs to the device of
+    its first layers and load offloaded weights.
     """
     inputs, lead = batch["inputs"], batch["lead_hours"]
-    steps = [model.predict(inputs, lead)]
+    steps = [model({"inputs": inputs, "lead_hours": lead})]
     if spec.rollout_steps > 1 and spec.model_outputs != spec.model_inputs:
         raise ValueError("model.rollout_steps > 1 feeds predictions back as inputs, so model.out_variables "
                          f"must equal model.in_variables; got {spec.model_outputs} vs {spec.model_inputs}")
     for _ in range(spec.rollout_steps - 1):
         inputs = torch.cat([inputs[:, 1:], steps[-1][:, None]], dim=1)
-        steps.append(model.predict(inputs, lead))
+        steps.append(model({"inputs": inputs, "lead_hours": lead}))
     return torch.stack(steps, dim=1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -14,18 +15,32 @@ def service_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("services")
 
 
+@contextlib.contextmanager
+def exported(values: dict[str, str]):
+    """``values`` in os.environ (for this process and the subprocesses it starts) until the block ends."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def ray_head(service_dir):
-    """`ray start --head` on loopback; 4 logical CPUs so a job driver and 2 workers fit on 2 cores."""
+    """`ray start --head` on loopback with token auth (its token in the service dir); 4 logical CPUs so a job
+    driver and 2 workers fit on 2 cores. Clients of the session get RAY_AUTH_MODE=token and the token's path,
+    so no test depends on (or writes) the machine's ~/.ray/auth_token."""
     head = services.start_ray_head(service_dir / "ray", num_cpus=4)
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ.update(services.ray_client_env())
-    yield head
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
-    head.stop()
+    try:
+        with exported(services.ray_client_env(head.extra["token_path"])):
+            yield head
+    finally:
+        head.stop()
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +53,8 @@ def mlflow_server(service_dir):
 @pytest.fixture(scope="session")
 def seaweedfs(service_dir):
     s3 = services.start_seaweedfs(service_dir / "seaweedfs")
-    old = {k: os.environ.get(k) for k in services.s3_env(s3.endpoint)}
-    os.environ.update(services.s3_env(s3.endpoint))
-    yield s3
-    s3.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    try:
+        with exported(services.s3_env(s3.endpoint)):
+            yield s3
+    finally:
+        s3.stop()

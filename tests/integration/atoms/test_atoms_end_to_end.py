@@ -68,11 +68,15 @@ def test_launch_trains_and_the_run_is_a_calculator(s3_data, seaweedfs, ray_head,
     assert np.isfinite(metrics["val/force_mae_mev_a"]) and metrics["val/force_zero_baseline_mae_mev_a"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"weights.safetensors", "spec.yaml", "plots"} <= artifacts
-    mlflow.set_tracking_uri(mlflow_server.endpoint)
     from ase.build import bulk
 
     from models.atoms.calculator import SciscaleCalculator
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-    atoms.calc = SciscaleCalculator.from_mlflow(f"runs:/{run.info.run_id}")
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    # a runs:/ URI is read through the default tracking URI; set it for this call only (and its env var)
+    with pytest.MonkeyPatch.context() as env, _use_tracking_uri(mlflow_server.endpoint):
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.endpoint)
+        atoms.calc = SciscaleCalculator.from_mlflow(f"runs:/{run.info.run_id}")
     assert atoms.get_forces().shape == (4, 3) and np.isfinite(atoms.get_potential_energy())

@@ -29,10 +29,12 @@ def ns_data(tmp_path_factory):
 
 
 @pytest.fixture
-def launcher(ns_data, ray_head, mlflow_server, tmp_path):
+def launcher(ns_data, ray_head, mlflow_server, tmp_path, tmp_path_factory):
     env = {**os.environ, "RAY_ADDRESS": ray_head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": str(ROOT)}
-    base = [f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
+    # for --cluster launches: the test's head runs on this machine, so its temporary directories are shared
+    base = [f"storage.shared_paths=[{tmp_path_factory.getbasetemp()}]",
+            f"data.train.0.url={ns_data}/train", f"data.val.0.url={ns_data}/val",
             f"storage.runs_root={tmp_path / 'runs'}", f"tracking.uri={mlflow_server.endpoint}"]
 
     def cmd(*extra: str, run_id: str | None = None, cluster: str | None = None) -> list[str]:
@@ -81,8 +83,11 @@ def test_zero_stage_trains_with_decreasing_loss(stage, launcher, mlflow_server):
 
 def test_run_records_params_metrics_artifacts_and_model(launcher, mlflow_server, tmp_path):
     cmd, env, runs_root = launcher
-    proc = _run(cmd("train.max_steps=6", run_id="artifacts"), env)
+    proc = _run(cmd("train.max_steps=6", "train.eval_suite_every=3", "train.eval_suite_samples=4",
+                    run_id="artifacts"), env)
     client, run = _mlflow_run(mlflow_server, "artifacts")
+    suite = client.get_metric_history(run.info.run_id, "eval/rel_l1_median")  # the family's scores in training
+    assert sorted(m.step for m in suite) == [3, 6], suite
     assert run.info.run_id in proc.stderr and "MLflow UI" in proc.stderr
     _check_console(proc, runs_root / "artifacts", env, steps=6)
     assert run.data.params["train.global_batch_size"] == "8"
@@ -230,10 +235,12 @@ def test_interrupted_run_resumes_from_checkpoint_into_same_mlflow_run(launcher, 
 
 
 def test_cluster_submit_succeeds_and_stop_marks_killed(launcher, mlflow_server, ray_head):
-    from ray.job_submission import JobSubmissionClient, JobStatus
+    from ray.job_submission import JobStatus
+
+    from orchestrator.cluster import job_client
 
     cmd, env, _ = launcher
-    jobs = JobSubmissionClient(ray_head.endpoint)
+    jobs = job_client(ray_head.endpoint)  # with the head's token (Ray's own client sends none in this process)
     done = _run(cmd("train.max_steps=4", run_id="cluster-ok", cluster=ray_head.endpoint), env)
     job_id = done.stdout.strip().splitlines()[-1]
     status = _wait_job(jobs, job_id, 400)

@@ -83,13 +83,13 @@ def topology():
     yield [], "127.0.0.1", [], "127.0.0.1", "loopback"
 
 
-def _env(address: str, mode: str) -> dict:
+def _env(address: str, mode: str, token_path: Path) -> dict:
     # the cluster's processes need no repository path: the driver imports only ray and torch, the CLI runs
     # from the repository root and ships the packages as the job's working_dir
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return {**env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-            # token auth turns itself on once any local ray.init() has written ~/.ray/auth_token
-            "RAY_AUTH_MODE": "disabled",
+            # token auth as on real clusters: both nodes and every client read the same token file
+            **services.ray_client_env(token_path),
             # Ray Train's state-API calls find every cluster on the machine (/tmp/ray is shared): name ours
             "RAY_ADDRESS": address,
             # gloo would advertise the hostname's address (127.0.0.1), unreachable from the other namespace
@@ -128,7 +128,7 @@ class TwoNodes:
         port, self.dashboard_port = services.free_port(), services.free_port()
         self.address = f"{self.ip_a}:{port}"
         self.dashboard = f"http://{self.ip_a}:{self.dashboard_port}"
-        self.env = _env(self.address, self.mode)
+        self.env = _env(self.address, self.mode, services.ensure_token_file(workdir / "auth_token"))
         ray = shutil.which("ray") or "ray"
         # the dashboard serves the Job API and the state API that Ray Train's controller polls
         self.head_argv = [ray, "start", "--head", "--block", f"--node-ip-address={self.ip_a}", f"--port={port}",

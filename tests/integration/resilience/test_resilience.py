@@ -48,7 +48,7 @@ def _argv(data: str, runs: Path, uri: str, run_id: str, extra=()) -> list[str]:
 
 def _env(head) -> dict:
     return {**os.environ, "RAY_ADDRESS": head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
-            **services.ray_client_env()}
+            **services.ray_client_env(head.extra["token_path"])}
 
 
 def _start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -416,8 +416,8 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(ns_local, mlflow_server, tm
     head = services.start_ray_head(tmp_path / "ray", num_cpus=4, resources={"slot": 1})
     nodes = []
     try:
-        nodes.append(services.start_ray_node(tmp_path / "node-b", head.extra["gcs_address"], num_cpus=1,
-                                             resources={"slot": 1}, worker_ports=(20000, 24999)))
+        nodes.append(services.start_ray_node(tmp_path / "node-b", head.extra["gcs_address"], head.extra["token_path"],
+                                             num_cpus=1, resources={"slot": 1}, worker_ports=(20000, 24999)))
         ref_runs = tmp_path / "ref"
         _finish(_start(_argv(str(ns_local), ref_runs, mlflow_server.endpoint, "elastic-ref", ELASTIC), _env(head),
                        tmp_path / "ref.log"))
@@ -431,8 +431,8 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(ns_local, mlflow_server, tm
         _held_pid(faults, "step-50", 0, proc)  # the group of 1 reached step 50
         assert not (faults / "step-50-rank1.pid").exists(), "the run did not shrink to 1 worker"
         _wait_committed(runs, "elastic", 48, proc)  # saved at world size 1
-        nodes.append(services.start_ray_node(tmp_path / "node-c", head.extra["gcs_address"], num_cpus=1,
-                                             resources={"slot": 1}, worker_ports=(25000, 29999)))
+        nodes.append(services.start_ray_node(tmp_path / "node-c", head.extra["gcs_address"], head.extra["token_path"],
+                                             num_cpus=1, resources={"slot": 1}, worker_ports=(25000, 29999)))
         _held_pid(faults, "step-50", 1, proc, timeout=600)  # grown to 2, replaying from its checkpoint
         _release(faults, "step-50")
         out = _finish(proc, timeout=900)
@@ -461,8 +461,8 @@ def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, 
     head = services.start_ray_head(tmp_path / "ray", num_cpus=4, resources={"slot": 1})
     node = None
     try:
-        node = services.start_ray_node(tmp_path / "node-b", head.extra["gcs_address"], num_cpus=1,
-                                       resources={"slot": 1}, worker_ports=(20000, 24999))
+        node = services.start_ray_node(tmp_path / "node-b", head.extra["gcs_address"], head.extra["token_path"],
+                                       num_cpus=1, resources={"slot": 1}, worker_ports=(20000, 24999))
         runs = tmp_path / "runs"
         argv = _argv(str(ns_local), runs, mlflow_server.endpoint, "drain",
                      [*ELASTIC, f"train.max_steps={steps}", "distributed.preemption_check_every=2"])
@@ -472,7 +472,7 @@ def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, 
                       tmp_path / "drain.log")
         for rank in (0, 1):
             _held_pid(faults, "step-13", rank, proc)
-        worker_node = services.alive_nodes(head.extra["gcs_address"], workers_only=True)[0]
+        worker_node = services.alive_nodes(head.extra["gcs_address"], head.extra["token_path"], workers_only=True)[0]
         drain = subprocess.run(
             [sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", head.extra["gcs_address"],
              "--node-id", worker_node, "--reason", "DRAIN_NODE_REASON_PREEMPTION",

@@ -62,7 +62,7 @@ def test_mlflow_server_uses_postgres_s3_and_auth():
     assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_raycluster_has_cpu_head_and_autoscaled_gpu_groups():
+def test_raycluster_has_cpu_head_autoscaled_gpu_groups_and_token_auth():
     (cluster,) = _docs(INFRA / "kuberay" / "raycluster.yaml")
     spec = cluster["spec"]
     assert spec["enableInTreeAutoscaling"] is True
@@ -75,6 +75,10 @@ def test_raycluster_has_cpu_head_and_autoscaled_gpu_groups():
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert limits["nvidia.com/gpu"] == group["rayStartParams"]["num-gpus"]
         assert group["template"]["spec"]["nodeSelector"] == {"sciscale.io/pool": name}
+    token = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "sciscale-ray-auth", "key": "token"}}}
+    for template in [spec["headGroupSpec"]["template"]] + [g["template"] for g in groups.values()]:
+        env = template["spec"]["containers"][0]["env"]
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in env and token in env
 
 
 def test_vm_cluster_config_passes_ray_schema():

@@ -56,6 +56,21 @@ def test_rendered_objects_pass_their_schemas(path, capsys, k8s_validate):
     assert mounted == {configmap["metadata"]["name"]}
 
 
+AUTH_TOKEN = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "sciscale-ray-auth", "key": "token"}}}
+
+
+def test_head_workers_and_submitter_get_the_ray_auth_token(capsys):
+    rayjob = _render(SPECS / "elastic_gpu.yaml", capsys=capsys)[1]
+    submitter = rayjob["spec"]["submitterPodTemplate"]
+    for pod in _pods(rayjob) + [submitter]:
+        (container,) = pod["spec"]["containers"]
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"], container["name"]
+        assert AUTH_TOKEN in container["env"], container["name"]
+    # KubeRay fills in the `ray job submit` command only when the template leaves it out
+    assert "command" not in submitter["spec"]["containers"][0] and submitter["spec"]["restartPolicy"] == "Never"
+    assert submitter["spec"]["containers"][0]["image"] == IMAGE
+
+
 def test_elastic_gpu_spec_sets_group_range_and_gpu_resources(capsys):
     rayjob = _render(SPECS / "elastic_gpu.yaml", capsys=capsys)[1]
     cluster = rayjob["spec"]["rayClusterSpec"]

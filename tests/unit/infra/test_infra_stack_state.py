@@ -15,7 +15,7 @@ from orchestrator import stack
 
 
 def _state(tmp_path, pids=(11, 12, 13)) -> dict:
-    return {"version": 1, "created": "2026-01-01T00:00:00+00:00", "dir": str(tmp_path), "bucket": "sciscale",
+    return {"version": stack.STATE_VERSION, "created": "2026-01-01T00:00:00+00:00", "dir": str(tmp_path), "bucket": "sciscale",
             "s3_env": {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "k",
                        "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"},
             "ports": {"s3": 8333, "mlflow": 5000, "ray": 6379, "dashboard": 8265},
@@ -25,7 +25,7 @@ def _state(tmp_path, pids=(11, 12, 13)) -> dict:
                 {"name": "mlflow", "pid": pids[1], "endpoint": "http://127.0.0.1:5000", "log_path": "x",
                  "extra": {"artifacts_destination": "s3://sciscale/mlflow-artifacts"}},
                 {"name": "ray", "pid": pids[2], "endpoint": "http://127.0.0.1:8265", "log_path": "x",
-                 "extra": {"gcs_address": "127.0.0.1:6379"}}]}
+                 "extra": {"gcs_address": "127.0.0.1:6379", "token_path": f"{tmp_path}/ray/auth_token"}}]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,8 +39,11 @@ def test_client_env_points_a_spec_at_the_stack(tmp_path):
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8333"
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
     assert env["RAY_ADDRESS"] == "127.0.0.1:6379"
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == f"{tmp_path}/ray/auth_token"
     text = stack.describe(_state(tmp_path), {"seaweedfs": True, "mlflow": False, "ray": True})
     assert "DOWN" in text and "runs_root: s3://sciscale/runs" in text
+    assert f"Ray auth token  {tmp_path}/ray/auth_token" in text
+    assert f"export RAY_AUTH_TOKEN_PATH={tmp_path}/ray/auth_token" in stack.env_lines(_state(tmp_path))
     assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in stack.env_lines(_state(tmp_path))
 
 
@@ -108,3 +111,27 @@ def test_status_json_hides_the_database_password(tmp_path, capsys):
     assert args.func(args) == 1  # nothing is running
     out = capsys.readouterr().out
     assert "s3cret" not in out and "postgresql://mlflow:***@db:5432/mlflow" in out
+
+
+def test_status_of_a_stack_from_before_token_auth_asks_for_a_restart(tmp_path, capsys):
+    state = _state(tmp_path, pids=(2**22 + 1, 2**22 + 2, 2**22 + 3))
+    state["version"] = 1
+    del state["services"][2]["extra"]["token_path"]
+    (tmp_path / stack.STATE_FILE).write_text(__import__("json").dumps(state))
+    args = _parser().parse_args(["stack", "status", "--dir", str(tmp_path)])
+    assert args.func(args) == 1
+    assert f"sciscale stack up --dir {tmp_path}" in capsys.readouterr().out
+
+
+def test_token_file_is_private_and_kept_across_restarts(tmp_path):
+    from orchestrator import services
+
+    path = services.ensure_token_file(tmp_path / "ray" / "auth_token")
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0  # 256 bits, hex, like `ray get-auth-token --generate`
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    assert services.ensure_token_file(path).read_text() == token
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert services.ray_client_env(path) == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path),
+                                             "RAY_AUTH_TOKEN": ""}
