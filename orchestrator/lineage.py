@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTEXTS = {"train": "training", "val": "validation"}
+CONTEXTS = {"train": "training", "val": "validation", "eval": "evaluation"}
 _PROFILE_FIELDS_MAX = 400  # characters of the field summary in a dataset's profile (the UI shows one line)
 
 

@@ -167,3 +167,22 @@ def test_bad_input_exits_2_with_one_screen(lifecycle, registered):
     failed = lifecycle["launch"]("lc-bad", "train.init_from=models:/lc-fno@nope", expect=2)
     assert "train.init_from" in failed.stderr and "has no alias 'nope'" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr and not (Path(root) / "lc-bad").exists()  # refused before the run
+
+
+def test_eval_of_the_registered_model_is_linked_to_it(lifecycle, registered):
+    """`sciscale eval models:/NAME@ALIAS`: Poseidon's scores printed, logged as an evaluation run whose eval/
+    metrics carry the model id and the eval dataset (so the model's page lists them), with table and plots."""
+    client, base = lifecycle["client"], lifecycle["base"]
+    env = {**lifecycle["env"], "MLFLOW_TRACKING_URI": client.tracking_uri}
+    proc = _cli(["eval", "models:/lc-fno@champion", "--data", f"{base}/ns16/val", "--runs-root",
+                 lifecycle["runs_root"]], env)
+    assert "rel_l1_median" in proc.stdout and "persistence" in proc.stdout, proc.stdout
+    model = client.get_logged_model(registered.model_id)
+    linked = {m.key: (m.step, m.dataset_name) for m in model.metrics if m.key.startswith("eval/")}
+    assert linked["eval/rel_l1_median"] == (4, "ns16/val"), linked
+    assert "eval/rel_l1_median_persistence" in linked, sorted(linked)
+    runs = client.search_runs([lifecycle["run"].info.experiment_id], "tags.`sciscale.kind` = 'evaluation'")
+    assert len(runs) == 1 and [m.model_id for m in client.get_run(runs[0].info.run_id).inputs.model_inputs] == [
+        registered.model_id]
+    files = {a.path for a in client.list_artifacts(runs[0].info.run_id, "eval")}
+    assert "eval/scores.json" in files and any(f.endswith(".png") for f in files), files
