@@ -6,6 +6,10 @@ the runs root (its final model), an MLflow model id (``m-...``) or a model URI (
 ``models:/m-...``, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``). Registering it makes a model version
 (aliases name versions; stages are deprecated); ``train.init_from: models:/NAME@ALIAS`` then fine-tunes from
 its weights, pinned to the model id the alias named when the run was launched.
+
+This module is the one place that maps a SOURCE to a LoggedModel (:func:`logged_model`) or a registered version
+(:func:`model_version`), with the errors for each way it can name nothing; trainers/model_uris.py (`sciscale
+eval`, inference) reads through it.
 """
 
 from __future__ import annotations
@@ -36,111 +40,173 @@ class SourceError(ValueError):
         super().__init__(f"{what}\n  received: {received}\n  expected: {expected}\n  hint: {hint}")
 
 
-bad_input = SourceError
+class NoRunModelError(SourceError):
+    """A runs:/ URI of an MLflow run that logged no LoggedModel of that name: runs made before sciscale logged
+    models keep their weights as run artifacts, which readers fall back to."""
 
 
 def _not_found(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) in _NOT_FOUND
 
 
+def _or_none(call, *args):
+    """``call(*args)``, or None when MLflow answers that what it names does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call(*args)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        return None
+
+
 # ------------------------------------------------------------------------------------------------ resolve
 def logged_model(client, source: str, runs_root: str | None = None, field: str = "SOURCE"):
-    """The LoggedModel a SOURCE names (see the module docstring); ValueError when it names none."""
+    """The LoggedModel a SOURCE names (see the module docstring); SourceError when it names none
+    (NoRunModelError when it is a runs:/ URI of a run that logged no such model)."""
     from mlflow.exceptions import MlflowException
 
     try:
         if source.startswith("models:/"):
-            return _from_models_uri(client, source, field)
+            version = model_version(client, source, field)
+            if version is None:
+                return _get_model(client, source[len("models:/"):].strip("/"), source, field)
+            model_id = version_model_id(version)
+            if model_id is None:
+                raise _no_sciscale(source, f"version {version.version} of {version.name} was registered from "
+                                           f"{version.source}, not from an MLflow LoggedModel", field)
+            return _get_model(client, model_id, source, field)
         if source.startswith("runs:/"):
             run_id, _, path = source[len("runs:/"):].partition("/")
             return _from_run(client, run_id, path.strip("/"), source, field)
         if source.startswith("m-") and "/" not in source:
-            return client.get_logged_model(source)
+            return _get_model(client, source, source, field)
     except MlflowException as exc:
         if not _not_found(exc):
             raise
-        raise bad_input(f"{field} {source!r} names no MLflow model at {client.tracking_uri}", source, SOURCES,
-                        f"MLflow says: {exc.message.splitlines()[0]}") from None
-    raise bad_input(f"{field} {source!r} names no sciscale run in runs root {runs_root} and no MLflow model",
-                    source, SOURCES, "`sciscale ls` lists runs, `sciscale ls --models` registered models")
+        raise SourceError(f"{field} {source!r} names no MLflow model at {client.tracking_uri}", source, SOURCES,
+                          f"MLflow says: {exc.message.splitlines()[0]}") from None
+    raise SourceError(f"{field} {source!r} names no sciscale run in runs root {runs_root} and no MLflow model",
+                      source, SOURCES, "`sciscale ls` lists runs, `sciscale ls --models` registered models")
 
 
-def _from_models_uri(client, uri: str, field: str):
+def model_version(client, uri: str, field: str = "SOURCE"):
+    """The registered version ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names, None for
+    ``models:/m-...`` (a model id); SourceError listing the aliases, versions or names there are."""
     path = uri[len("models:/"):].strip("/")
     if path.startswith("m-") and "/" not in path and "@" not in path:
-        return client.get_logged_model(path)
+        return None
     name, _, alias = path.partition("@")
-    if alias:
-        try:
-            version = client.get_model_version_by_alias(name, alias)
-        except Exception as exc:  # noqa: BLE001 - an unknown alias or model: say which aliases there are
-            if not _not_found(exc):
-                raise
-            raise _no_alias(client, name, alias, uri, field) from None
-    else:
+    if not alias:
         name, _, number = path.partition("/")
         if not number.isdigit():
-            raise bad_input(f"{field} {uri!r} is not a model URI sciscale reads", uri,
-                            "models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-... (stages are deprecated)",
-                            "`sciscale ls --models` lists registered models with their versions and aliases")
-        version = client.get_model_version(name, number)
-    model_id = version.source[len("models:/"):] if version.source.startswith("models:/m-") else None
-    if model_id is None:
-        raise _no_sciscale(uri, f"version {version.version} of {name} was registered from {version.source}, "
-                                "not from an MLflow LoggedModel", field)
-    return client.get_logged_model(model_id)
+            raise SourceError(f"{field} {uri!r} is not a model URI sciscale reads", uri,
+                              "models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-... (model ids start with m-; "
+                              "stages are deprecated)", "`sciscale ls --models` lists registered models with their "
+                              "versions and aliases")
+    version = (_or_none(client.get_model_version_by_alias, name, alias) if alias else
+               _or_none(client.get_model_version, name, number))
+    if version is not None:
+        return version
+    registered = _registered_model(client, name, uri, field)
+    if alias:
+        shown = ", ".join(f"@{a} (version {v})" for a, v in sorted(registered.aliases.items())) or "none"
+        raise SourceError(f"{field} {uri!r}: registered model {name!r} has no alias {alias!r} at "
+                          f"{client.tracking_uri}", uri, f"one of its aliases: {shown}", f"`sciscale register "
+                          f"SOURCE --name {name} --alias {alias}` sets it, or use models:/{name}/VERSION")
+    have = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    raise SourceError(f"{field} {uri!r} names no MLflow model: version {number} of registered model {name!r} was "
+                      f"not found at {client.tracking_uri}", uri, f"one of its versions: "
+                      f"{', '.join(map(str, have)) or 'none'}", f"models:/{name}@ALIAS names a version by alias; "
+                      "`sciscale ls --models` lists them")
 
 
-def _no_alias(client, name: str, alias: str, uri: str, field: str) -> SourceError:
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except Exception as exc:  # noqa: BLE001
-        if not _not_found(exc):
-            raise
-        return bad_input(f"{field} {uri!r}: there is no registered model {name!r}", uri,
-                         "the name of a registered model", "`sciscale ls --models` lists them; `sciscale register "
-                         "RUN_ID --name NAME --alias ALIAS` makes one")
-    shown = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) or "none"
-    return bad_input(f"{field} {uri!r}: registered model {name!r} has no alias {alias!r}", uri,
-                     f"one of its aliases: {shown}", f"`sciscale register SOURCE --name {name} --alias {alias}` "
-                     f"sets it, or use models:/{name}/VERSION")
+def _registered_model(client, name: str, uri: str, field: str):
+    """The registered model ``name``; SourceError suggesting a close name (or listing them) when none."""
+    import difflib
+
+    registered = _or_none(client.get_registered_model, name)
+    if registered is not None:
+        return registered
+    names = [m.name for m in client.search_registered_models(max_results=200)]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = (f"did you mean {close[0]!r}? (`sciscale ls --models` lists them)" if close else
+            f"registered models: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}" if names else
+            "there are none; `sciscale register RUN_ID --name NAME --alias ALIAS` makes one")
+    raise SourceError(f"{field} {uri!r}: there is no registered model {name!r} at {client.tracking_uri}", uri,
+                      "the name of a registered model", hint)
+
+
+def version_model_id(version) -> str | None:
+    """The model id of the LoggedModel a registered version was made from, None if it was registered from
+    elsewhere (MLflow 3.17's sqlite registry leaves model_id empty; the version's source models:/m-... names it)."""
+    source = version.source or ""
+    if source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
+        return source[len("models:/"):]
+    return getattr(version, "model_id", None) or None
+
+
+def _get_model(client, model_id: str, source: str, field: str):
+    model = _or_none(client.get_logged_model, model_id)
+    if model is not None:
+        return model
+    raise SourceError(f"{field} {source!r} names no MLflow model: model id {model_id!r} was not found at "
+                      f"{client.tracking_uri}", source, "the id of a LoggedModel in this tracking store (model ids "
+                      "start with m-)", "the run page's Logged models lists its models; `sciscale ls --models` "
+                      "the registered ones")
 
 
 def _from_run(client, mlflow_run_id: str, path: str, source: str, field: str):
     name = path.split("/", 1)[0]
     if name in ("", FINAL_NAME, WEIGHTS_FILE):
         return final_model(client, mlflow_run_id, field, source)
-    experiment = client.get_run(mlflow_run_id).info.experiment_id
-    found = client.search_logged_models([experiment], filter_string=f"source_run_id = '{mlflow_run_id}' AND "
-                                        f"name = '{name}'", order_by=[_NEWEST], max_results=1)
-    if not found:
-        raise bad_input(f"{field} {source!r}: MLflow run {mlflow_run_id} logged no model named {name!r}", source,
-                        f"runs:/{mlflow_run_id}/{FINAL_NAME} or runs:/{mlflow_run_id}/checkpoint-STEP",
-                        "the run page's Logged models lists its models")
-    return found[0]
+    found = _newest(client, _run(client, mlflow_run_id, source, field), name)
+    if found is None:
+        raise NoRunModelError(f"{field} {source!r}: MLflow run {mlflow_run_id} logged no model named {name!r}",
+                              source, f"runs:/{mlflow_run_id}/{FINAL_NAME} or runs:/{mlflow_run_id}/checkpoint-STEP",
+                              "the run page's Logged models lists its models")
+    return found
+
+
+def final_model(client, mlflow_run_id: str, field: str = "SOURCE", source: str | None = None):
+    """The run's latest final sciscale model (its LoggedModel named ``model``); NoRunModelError when it has
+    none (still training, or failed), SourceError when there is no such run."""
+    run = _run(client, mlflow_run_id, source or mlflow_run_id, field)
+    found = _newest(client, run, FINAL_NAME)
+    if found is None:
+        raise NoRunModelError(f"{field} {source or mlflow_run_id!r}: the run has no final model (MLflow run "
+                              f"{mlflow_run_id} is {run.info.status})", source or mlflow_run_id,
+                              "a run that finished training (its final model is logged at the end)",
+                              "wait until it finishes, or name a checkpoint model (runs:/MLFLOW_RUN_ID/"
+                              "checkpoint-STEP, tracking.log_checkpoints_as_models)")
+    return found
+
+
+def _run(client, mlflow_run_id: str, source: str, field: str):
+    run = _or_none(client.get_run, mlflow_run_id) if mlflow_run_id else None
+    if run is not None:
+        return run
+    raise SourceError(f"{field} {source!r}: no MLflow run {mlflow_run_id!r} at {client.tracking_uri}", source,
+                      "runs:/MLFLOW_RUN_ID/model or runs:/MLFLOW_RUN_ID/checkpoint-STEP (MLflow's run id, as in "
+                      "the UI)", "check the run id and the tracking URI (MLFLOW_TRACKING_URI, --tracking-uri)")
+
+
+def _newest(client, run, name: str):
+    """The run's newest LoggedModel called ``name`` (MLflow resolves runs:/RUN/NAME the same way), or None."""
+    found = client.search_logged_models([run.info.experiment_id], filter_string=(
+        f"source_run_id = '{run.info.run_id}' AND name = '{name}'"), order_by=[_NEWEST], max_results=1)
+    return found[0] if found else None
 
 
 _NEWEST = {"field_name": "creation_time", "ascending": False}
 
 
-def final_model(client, mlflow_run_id: str, field: str = "SOURCE", source: str | None = None):
-    """The run's latest final sciscale model; ValueError when it has none (still training, or failed)."""
-    run = client.get_run(mlflow_run_id)
-    found = client.search_logged_models([run.info.experiment_id], filter_string=(
-        f"source_run_id = '{mlflow_run_id}' AND tags.`{KIND_TAG}` = 'final'"), order_by=[_NEWEST], max_results=1)
-    if not found:
-        raise bad_input(f"{field} {source or mlflow_run_id!r}: the run has no final model (MLflow run "
-                        f"{mlflow_run_id} is {run.info.status})", source or mlflow_run_id,
-                        "a run that finished training (its final model is logged at the end)",
-                        "wait until it finishes, or name a checkpoint model (runs:/MLFLOW_RUN_ID/checkpoint-STEP, "
-                        "tracking.log_checkpoints_as_models)")
-    return found[0]
-
-
 def _no_sciscale(source: str, why: str, field: str) -> SourceError:
-    return bad_input(f"{field} {source!r} holds no sciscale model: {why}", source,
-                     f"an MLflow model whose artifacts hold {INFO_FILE} and {WEIGHTS_FILE} (every model a sciscale "
-                     "run logs)", "point at a sciscale run or its model (`sciscale ls`, the run page's Logged models)")
+    return SourceError(f"{field} {source!r} holds no sciscale model: {why}", source,
+                       f"an MLflow model whose artifacts hold {INFO_FILE} and {WEIGHTS_FILE} (every model a "
+                       "sciscale run logs)", "point at a sciscale run or its model (`sciscale ls`, the run page's "
+                       "Logged models)")
 
 
 def model_files(model, tracking_uri: str) -> set[str]:
@@ -174,9 +240,7 @@ def fetch_weights(uri: str, tracking_uri: str | None) -> str:
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
         model = logged_model(client, uri, field="train.init_from")
-    except SourceError:
-        if not uri.startswith("runs:/"):
-            raise
+    except NoRunModelError:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
     return download(model, WEIGHTS_FILE, tracking_uri)
 
@@ -267,8 +331,8 @@ def _process_tracking_uri(uri: str):
 
 
 def _refused(flag: str, value: str, exc) -> SourceError:
-    return bad_input(f"{flag} {value!r} was refused by MLflow", value, "a registered-model name or alias MLflow "
-                     "accepts (aliases: not 'latest', not v<number>)", f"MLflow says: {exc.message.splitlines()[0]}")
+    return SourceError(f"{flag} {value!r} was refused by MLflow", value, "a registered-model name or alias MLflow "
+                       "accepts (aliases: not 'latest', not v<number>)", f"MLflow says: {exc.message.splitlines()[0]}")
 
 
 def tracking_uri(runs_root: str, explicit: str | None = None) -> str:
@@ -281,14 +345,14 @@ def tracking_uri(runs_root: str, explicit: str | None = None) -> str:
     root = absolute_root(runs_root)
     uris = sorted({r.tracking_uri for r in list_runs(root)})
     if len(uris) > 1:
-        raise bad_input(f"the runs in {root} use {len(uris)} MLflow tracking stores", ", ".join(uris),
-                        "one tracking store", "pass --tracking-uri (or export MLFLOW_TRACKING_URI)")
+        raise SourceError(f"the runs in {root} use {len(uris)} MLflow tracking stores", ", ".join(uris),
+                          "one tracking store", "pass --tracking-uri (or export MLFLOW_TRACKING_URI)")
     if uris:
         return uris[0]
     if "://" in root or not os.path.exists(f"{root}/mlflow.db"):
-        raise bad_input(f"no MLflow tracking store found for runs root {root}", runs_root,
-                        "a runs root with runs, or a tracking URI", "pass --runs-root, --tracking-uri, or "
-                        "export MLFLOW_TRACKING_URI")
+        raise SourceError(f"no MLflow tracking store found for runs root {root}", runs_root,
+                          "a runs root with runs, or a tracking URI", "pass --runs-root, --tracking-uri, or "
+                          "export MLFLOW_TRACKING_URI")
     return f"sqlite:///{root}/mlflow.db"
 
 
@@ -305,9 +369,9 @@ def resolve_source(source: str, runs_root: str, explicit_uri: str | None = None)
         client = mlflow.MlflowClient(tracking_uri=explicit_uri or record.tracking_uri)
         return client, final_model(client, record.mlflow_run_id, source=source)
     if not source.startswith(("models:/", "runs:/", "m-")):
-        raise bad_input(f"SOURCE {source!r} names no sciscale run in runs root {root} and no MLflow model",
-                        source, SOURCES, "`sciscale ls --runs-root R` lists runs, `sciscale ls --models` "
-                        "registered models")
+        raise SourceError(f"SOURCE {source!r} names no sciscale run in runs root {root} and no MLflow model",
+                          source, SOURCES, "`sciscale ls --runs-root R` lists runs, `sciscale ls --models` "
+                          "registered models")
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(runs_root, explicit_uri))
     return client, logged_model(client, source, root)
 
@@ -348,9 +412,10 @@ def handle_ls_models(args: argparse.Namespace) -> int:
 def version_line(client, version, aliases: list[str]) -> str:
     """``v2 @champion  m-...  run RUN step 120  eval/x=0.1 ...``: one registered version."""
     line = f"v{version.version:<3} {' '.join(sorted(aliases)) or '-':<12} {version.source.removeprefix('models:/')}"
-    if not version.source.startswith("models:/m-"):
+    model_id = version_model_id(version)
+    if model_id is None:
         return line
-    model = client.get_logged_model(version.source[len("models:/"):])
+    model = client.get_logged_model(model_id)
     line += f"  run {model.tags.get(RUN_TAG, model.source_run_id)} step {model.tags.get(STEP_TAG, '?')}"
     return line + "".join(f"  {s}" for s in scores(model.metrics or []))
 

@@ -1,5 +1,7 @@
 """MLflow model URIs -> ModelSource: ``runs:/RUN/PATH``, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
-``models:/m-<model_id>`` (trainers/sources.py describes the two layouts read here)."""
+``models:/m-<model_id>`` (trainers/sources.py describes the two layouts read here). Which model a URI names is
+orchestrator/registry.py's (its errors too); here: the cached download, reading the sciscale layout, the
+run-artifact layout of runs logged before LoggedModels, and MLflow's other errors as one-screen ValueErrors."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainers.sources import FINAL_MODEL, FORMAT, SCISCALE_JSON, URI_FORMS, WEIGHTS, ModelSource
+from orchestrator import registry
+from trainers.sources import FINAL_MODEL, FORMAT, SCISCALE_JSON, WEIGHTS, ModelSource
 
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
 
@@ -26,49 +29,57 @@ def from_mlflow_uri(uri: str, tracking_uri: str, cache: Path) -> ModelSource:
 def final_model(record, cache: Path) -> tuple[str, int | None, dict] | None:
     """(weights, step, mlflow ids) of the final model a sciscale run logged, or None if it logged none."""
     tracking = record.tracking_uri
-    ids = {"tracking_uri": tracking, "mlflow_run_id": record.mlflow_run_id}
+    run_id = record.mlflow_run_id
+    ids = {"tracking_uri": tracking, "mlflow_run_id": run_id}
     with _reaching(f"run {record.run_id}'s final model", tracking), _downloads_into(cache):
-        client = _client(tracking)
-        if _get_run(client, record.mlflow_run_id) is None:
-            return None  # the record outlived its MLflow run: only checkpoints are left
-        base, model_id = _run_model(client, record.mlflow_run_id, FINAL_MODEL)
+        try:
+            base, model_id = _run_model(_client(tracking), f"runs:/{run_id}", run_id, "")
+        except registry.SourceError:  # no such MLflow run: the record outlived it, only checkpoints are left
+            return None
         found = _sciscale_model(base, tracking)
         if found is not None:
             weights, meta = found
-            return weights, meta.get("step"), {**ids, "model_id": model_id}
-        old = _run_artifacts(record.mlflow_run_id, "", tracking)
+            return weights, meta.get("step"), _with_id(ids, model_id)
+        old = _run_artifacts(run_id, "", tracking)
         return (old[0], None, ids) if old is not None else None
 
 
 def _from_runs_uri(uri: str, tracking: str) -> ModelSource:
     run_id, _, path = uri[len("runs:/"):].partition("/")
     path = path.strip("/")
-    client = _client(tracking)
-    if not run_id or _get_run(client, run_id) is None:
-        raise ValueError(f"{uri}: no MLflow run {run_id!r} at {tracking}; expected {URI_FORMS}. Hint: check "
-                         "the run id (MLflow's, as in the UI) and MLFLOW_TRACKING_URI")
     ids = {"tracking_uri": tracking, "mlflow_run_id": run_id}
-    base, model_id = _run_model(client, run_id, path or FINAL_MODEL)
+    base, model_id = _run_model(_client(tracking), uri, run_id, path)
     found = _sciscale_model(base, tracking)
     if found is not None:
         weights, meta = found
-        return _from_meta(meta, weights, uri, {**ids, "model_id": model_id})
+        return _from_meta(meta, weights, uri, _with_id(ids, model_id))
     old = _run_artifacts(run_id, path, tracking)
     if old is not None:
         return ModelSource(_spec_file(old[1], uri), old[0], uri, None, ids, "mlflow")
     raise _not_sciscale(uri, [f"{base}/{SCISCALE_JSON}", f"runs:/{run_id}/{WEIGHTS} with runs:/{run_id}/spec.yaml"])
 
 
+def _run_model(client, uri: str, run_id: str, path: str) -> tuple[str, str | None]:
+    """(artifact location, model id) of the LoggedModel ``uri`` (runs:/RUN_ID/PATH) names, else (runs:/RUN_ID/
+    PATH, None): a run that logged no such model may hold its files as run artifacts (a ``model`` folder when PATH
+    is empty). The LoggedModel's own location is read directly: MLflow 3.17 resolves runs:/RUN/NAME through a
+    client on the default tracking URI, not the one given."""
+    try:
+        model = registry.logged_model(client, uri)
+    except registry.NoRunModelError:
+        return f"runs:/{run_id}/{path or FINAL_MODEL}", None
+    return model.artifact_location.rstrip("/"), model.model_id
+
+
 def _from_models_uri(uri: str, tracking: str) -> ModelSource:
     client = _client(tracking)
-    ref = uri[len("models:/"):].strip("/")
-    if "/" not in ref and "@" not in ref:
-        model = _logged_model(client, ref, uri, tracking)
+    version = registry.model_version(client, uri)
+    if version is None:  # models:/m-...
+        model = registry.logged_model(client, uri)
         location, run_id, model_id, label = model.artifact_location, model.source_run_id, model.model_id, uri
     else:
-        version = _model_version(client, ref, uri, tracking)
         location = client.get_model_version_download_uri(version.name, version.version)
-        run_id, model_id = version.run_id, _model_id_of(version)
+        run_id, model_id = version.run_id, registry.version_model_id(version)
         label = uri if uri.rstrip("/").endswith(f"/{version.version}") else f"{uri} (version {version.version})"
     ids = {"tracking_uri": tracking, "mlflow_run_id": run_id, "model_id": model_id}
     found = _sciscale_model(location.rstrip("/"), tracking)
@@ -82,78 +93,8 @@ def _from_models_uri(uri: str, tracking: str) -> ModelSource:
     raise _not_sciscale(uri, looked)
 
 
-def _model_version(client, ref: str, uri: str, tracking: str):
-    from mlflow.exceptions import MlflowException
-
-    name, alias = ref.split("@", 1) if "@" in ref else (ref.split("/", 1)[0], None)
-    version = None if alias is not None else ref.split("/", 1)[1]
-    registered = _registered_model(client, name, uri, tracking)
-    if alias is not None:
-        if alias not in (registered.aliases or {}):
-            have = ", ".join(f"@{a} -> version {v}" for a, v in sorted((registered.aliases or {}).items())) or "none"
-            raise ValueError(f"{uri}: registered model {name!r} has no alias {alias!r} at {tracking}; its aliases: "
-                             f"{have}. Hint: `sciscale register SOURCE --name {name} --alias {alias}` sets one")
-        return client.get_model_version_by_alias(name, alias)
-    if not version.isdigit():
-        raise ValueError(f"{uri}: {version!r} is not a version number; expected {URI_FORMS}")
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        if exc.error_code not in _MISSING:
-            raise
-        have = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-        message = (f"{uri}: registered model {name!r} has no version {version} at {tracking}; its versions: "
-                   f"{', '.join(map(str, have)) or 'none'}. Hint: models:/{name}@ALIAS names one by alias")
-    raise ValueError(message)
-
-
-def _registered_model(client, name: str, uri: str, tracking: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code not in _MISSING:
-            raise
-    names = [m.name for m in client.search_registered_models(max_results=200)]
-    import difflib
-
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"registered models: {', '.join(names[:10]) or 'none'}"
-    raise ValueError(f"{uri}: no registered model {name!r} at {tracking}; expected {URI_FORMS}. Hint: {hint}")
-
-
-def _logged_model(client, model_id: str, uri: str, tracking: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_logged_model(model_id)
-    except MlflowException as exc:
-        if exc.error_code not in _MISSING:
-            raise
-    raise ValueError(f"{uri}: no logged model {model_id!r} at {tracking}; expected {URI_FORMS} (a model id "
-                     "starts with m-). Hint: the run's page in the MLflow UI lists its logged models")
-
-
-def _run_model(client, run_id: str, name: str) -> tuple[str, str | None]:
-    """(artifact location, model id) of the run's LoggedModel ``name``, else (runs:/RUN/NAME, None) for a
-    run artifact folder. The LoggedModel's own location is read directly: MLflow 3.17 resolves
-    runs:/RUN/NAME through a client on the default tracking URI, not the one given."""
-    experiment = client.get_run(run_id).info.experiment_id
-    if "/" not in name:
-        for model in client.search_logged_models(experiment_ids=[experiment], filter_string=f"name = '{name}'"):
-            if model.source_run_id == run_id:
-                return model.artifact_location.rstrip("/"), model.model_id
-    return f"runs:/{run_id}/{name}", None
-
-
-def _model_id_of(version) -> str | None:
-    """A registered version's model id (3.17's sqlite registry leaves model_id empty; its source names it)."""
-    model_id = getattr(version, "model_id", None)
-    source = version.source or ""
-    if model_id is None and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
-        model_id = source[len("models:/"):]
-    return model_id
+def _with_id(ids: dict, model_id: str | None) -> dict:
+    return {**ids, "model_id": model_id} if model_id else ids
 
 
 def _sciscale_model(base: str, tracking: str) -> tuple[str, dict] | None:
@@ -265,17 +206,6 @@ def _client(tracking: str):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-
-
-def _get_run(client, run_id: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code in _MISSING:
-            return None
-        raise
 
 
 def _not_sciscale(uri: str, looked: list[str]) -> ValueError:
