@@ -225,7 +225,7 @@ def _start_all(stack_dir: Path, bucket: str, postgres_url: str | None, num_cpus:
     # RAY_ADDRESS names this head for Ray Train's state-API calls, which otherwise find every Ray instance
     # on the machine (/tmp/ray is shared) and give up.
     gcs_port = ports.get("ray") or services.free_port()
-    with _environ({**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_TRACKING_URI": mlflow.endpoint,
+    with exported({**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_TRACKING_URI": mlflow.endpoint,
                    "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}):
         ray = services.start_ray_head(stack_dir / "ray", num_cpus=num_cpus, port=gcs_port,
                                       dashboard_port=ports.get("dashboard"))
@@ -239,7 +239,8 @@ def _start_all(stack_dir: Path, bucket: str, postgres_url: str | None, num_cpus:
 
 
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
+def exported(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ (for this process and the subprocesses it starts) until the block ends."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import pytest
 
 from orchestrator import services
+from orchestrator.stack import exported
 
 
 @pytest.fixture(scope="session")
 def service_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("services")
-
-
-@contextlib.contextmanager
-def exported(values: dict[str, str]):
-    """``values`` in os.environ (for this process and the subprocesses it starts) until the block ends."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
