@@ -148,3 +148,26 @@ def test_system_metrics_per_worker_node_and_off_at_zero(tmp_path):
         for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
                      "network_receive_megabytes"):
             assert f"system/rank{rank}/{name}" in keys, sorted(keys)
+
+
+def test_inferred_requirements_are_kept_per_arch_until_the_code_changes(tmp_path, monkeypatch):
+    """MLflow's requirement inference (a subprocess, ~13 s a model) runs once per family/arch and environment:
+    a second model of the same arch reads the list back; another arch, or a change to the models package,
+    has none until inferred again."""
+    from types import SimpleNamespace
+
+    from trainers import logged_models
+
+    package = tmp_path / "models"
+    package.mkdir()
+    (package / "net.py").write_text("x = 1\n")
+    monkeypatch.setattr(logged_models, "REQUIREMENTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("trainers.weights.MODELS_DIR", package)
+    fno, scot = SimpleNamespace(family="pde", arch="fno"), SimpleNamespace(family="pde", arch="scot")
+    assert logged_models.read_requirements(fno) is None
+    logged_models.save_requirements(spec_model=fno, requirements=["torch==2.13.0", "neuraloperator==2.0.0"])
+    assert logged_models.read_requirements(fno) == ["torch==2.13.0", "neuraloperator==2.0.0"]
+    assert logged_models.read_requirements(scot) is None
+    later = os.stat(package / "net.py").st_mtime_ns + 10**9
+    os.utime(package / "net.py", ns=(later, later))  # the model code changed: its imports may have
+    assert logged_models.read_requirements(fno) is None
