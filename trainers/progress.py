@@ -1,6 +1,6 @@
 """Training progress from rank 0 to the driver's console, through a small named Ray actor.
 
-The driver creates the board (orchestrator/console.py); rank 0 posts one event per logged step, evaluation
+The driver creates the board on its own node (orchestrator/console.py); rank 0 posts one event per logged step, evaluation
 and worker-group start, fire-and-forget, so a step never waits for the console. Without a board (tests,
 benchmarks, a driver that is gone) posting does nothing.
 """
@@ -35,7 +35,11 @@ def create_board(run_id: str):
         ray.kill(ray.get_actor(name))
     except ValueError:
         pass
-    return ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard).options(name=name).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # on the driver's node: an actor Ray puts on a worker node dies with it (an elastic shrink, a drained node)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard).options(name=name, scheduling_strategy=here).remote()
 
 
 class ProgressSender:
