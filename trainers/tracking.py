@@ -187,3 +187,21 @@ def stop_system_metrics(monitor, timeout_s: float = 15.0) -> None:
     stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
     stopper.start()
     stopper.join(timeout_s)
+
+
+class BackgroundMonitor:
+    """``start_system_metrics`` off a worker's start-up path: building MLflow's monitor (its imports, the NVML
+    probe, the run's last system step) took up to 5 s of a worker's 9 s from start to first step on 2 cores."""
+
+    def __init__(self, run: dict, rank: int, every_s: float):
+        self.monitor = None
+        self._thread = threading.Thread(target=self._start, args=(run, rank, every_s), name="start-system-metrics",
+                                        daemon=True)
+        self._thread.start()
+
+    def _start(self, run: dict, rank: int, every_s: float) -> None:
+        self.monitor = start_system_metrics(run, rank, every_s)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._thread.join(timeout_s)
+        stop_system_metrics(self.monitor, timeout_s)

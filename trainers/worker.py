@@ -16,11 +16,11 @@ def train_loop(config: dict) -> None:
 
     from orchestrator.runs import RunLog
     from trainers.failures import WorkerFailure
-    from trainers.tracking import start_system_metrics, stop_system_metrics
+    from trainers.tracking import BackgroundMonitor
 
     rank, run = ray.train.get_context().get_world_rank(), config["run"]
     log = RunLog(run, f"worker-rank{rank}.log", capture=not run.get("verbose"))
-    monitor = start_system_metrics(run, rank, config["spec"]["tracking"]["system_metrics_every_s"])
+    monitor = BackgroundMonitor(run, rank, config["spec"]["tracking"]["system_metrics_every_s"])
     runner = None
     try:
         runner = _build_runner(config, rank)
@@ -31,7 +31,7 @@ def train_loop(config: dict) -> None:
         traceback.print_exc()
         raise WorkerFailure.of(exc, rank, runner.step if runner else 0, log.where) from exc
     finally:
-        stop_system_metrics(monitor)
+        monitor.stop()
         log.close()
 
 

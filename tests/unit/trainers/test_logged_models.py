@@ -17,7 +17,7 @@ import torch
 from orchestrator import lineage, registry
 from orchestrator.specload import validate_spec
 from trainers.logged_models import ModelLogger
-from trainers.tracking import MetricLogger, start_system_metrics, stop_system_metrics
+from trainers.tracking import BackgroundMonitor, MetricLogger, start_system_metrics, stop_system_metrics
 
 LAYOUT = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "data/model.pth",
           "data/pickle_module_info.txt", "weights.safetensors", "sciscale.json"}
@@ -139,10 +139,12 @@ def test_system_metrics_per_worker_node_and_off_at_zero(tmp_path):
     run_id = client.create_run(client.create_experiment("sys")).info.run_id
     run = {"mlflow_run_id": run_id, "tracking_uri": uri}
     assert start_system_metrics(run, 0, 0) is None
-    monitors = [start_system_metrics(run, rank, 1.0) for rank in (0, 1)]
+    monitor = start_system_metrics(run, 0, 1.0)
+    background = BackgroundMonitor(run, 1, 1.0)  # what a worker starts: built off its start-up path
     time.sleep(2.5)
-    for monitor in monitors:
-        stop_system_metrics(monitor)
+    stop_system_metrics(monitor)
+    background.stop()
+    assert background.monitor is not None
     keys = set(client.get_run(run_id).data.metrics)
     for rank in (0, 1):
         for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
