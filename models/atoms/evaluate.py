@@ -199,11 +199,15 @@ def nve_drift(calc, atoms, steps: int, timestep_fs: float = MD_TIMESTEP_FS,
     draw = getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)
     draw(atoms, temperature_K=temperature_k, rng=np.random.default_rng(0))
     vd.Stationary(atoms)
+    from tqdm import tqdm
+
     dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     energies = []
     dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=1)  # step 0 included
     start = time.perf_counter()
-    dyn.run(steps)
+    with tqdm(total=steps, desc="NVE check", unit="step", disable=None, leave=False) as bar:  # off without a tty
+        dyn.attach(lambda: bar.update(1 if dyn.nsteps else 0), interval=1)
+        dyn.run(steps)
     wall = time.perf_counter() - start
     e = 1000 * np.asarray(energies) / len(atoms)
     t_ps = np.arange(len(e)) * timestep_fs / 1000
@@ -220,8 +224,10 @@ def fire_convergence(calc, candidates: list, fmax: float = RELAX_FMAX,
     """FIRE on positions: the fraction of ``candidates`` converged to ``fmax`` and the mean steps taken."""
     from ase.optimize import FIRE
 
+    from tqdm import tqdm
+
     converged, steps, start = [], [], time.perf_counter()
-    for atoms in candidates:
+    for atoms in tqdm(candidates, desc="FIRE check", unit="structure", disable=None, leave=False):
         atoms.calc = calc
         opt = FIRE(atoms, logfile=None)
         converged.append(bool(opt.run(fmax=fmax, steps=max_steps)))
