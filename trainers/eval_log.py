@@ -41,5 +41,7 @@ def log_evaluation(source, given: str, url: str, manifest, report) -> str:
         client.log_figure(run_id, figure, f"eval/{name}.png")
         plt.close(figure)
     client.set_terminated(run_id, "FINISHED")
-    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000 (sciscale ui)"
-    return f"run {run_id} in experiment {experiment_id}: {base}/#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"/#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith("http"):
+        return f"run {run_id} in experiment {experiment_id}: {uri.rstrip('/')}{page}"
+    return f"run {run_id} in experiment {experiment_id}: http://127.0.0.1:5000{page} (serve {uri} with `sciscale ui`)"
