@@ -76,7 +76,9 @@ def generate(
     rng = np.random.default_rng(seed)
     steps = int(round(days * 24 / _STEP_HOURS))
     t0 = pd.Timestamp(start)
-    for k in range(trajectories):
+    from tqdm import tqdm
+
+    for k in tqdm(range(trajectories), desc=f"integrate {out}", unit="trajectory", disable=None):  # off without a tty
         galewsky = rng.random() < galewsky_fraction
         fields = solver.trajectory(rng, galewsky, steps, spinup_hours)
         # one missing 6-hour stamp (or more) between trajectories marks the discontinuity
