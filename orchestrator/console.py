@@ -34,6 +34,7 @@ class Console:
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._bar = None
         self._rate: tuple[float, int] | None = None
+        self._pending = None  # a board.take() not answered yet
         import mlflow  # noqa: F401 - it sets up its loggers on import; quiet them before the first use
 
         self.quiet()
@@ -69,21 +70,37 @@ class Console:
     # ---------------------------------------------------------------------------------------------- progress
     def follow(self, board, stop: threading.Event, poll_s: float = 0.5) -> None:
         """Show rank 0's events from ``board`` (trainers/progress.py) until ``stop`` is set."""
-        import ray
-
         while True:
             done = stop.wait(poll_s)
             if done:
                 time.sleep(poll_s)  # rank 0's last posts (fire-and-forget) may still be on their way
-            try:
-                events = ray.get(board.take.remote(), timeout=10)
-            except Exception:  # noqa: BLE001 - Ray going down at the end of the run
-                events = []
+                events = self._take(board, 10)
+                if self._pending is None:  # that answer may predate the last posts: one fresh take
+                    events += self._take(board, 10)
+            else:
+                events = self._take(board, poll_s)
             for event in events:
                 getattr(self, f"_on_{event['kind']}", lambda e: None)(event)
             if done:
                 break
         self.close_bar()
+
+    def _take(self, board, timeout_s: float) -> list[dict]:
+        """The board's events, waiting at most ``timeout_s``. A take not answered in time stays pending and is
+        collected next time: its answer holds events the board no longer has (a busy machine at worker start)."""
+        import ray
+
+        try:
+            if self._pending is None:
+                self._pending = board.take.remote()
+            ready, _ = ray.wait([self._pending], timeout=timeout_s)
+            if not ready:
+                return []
+            ref, self._pending = self._pending, None
+            return ray.get(ref)
+        except Exception:  # noqa: BLE001 - Ray going down at the end of the run
+            self._pending = None
+            return []
 
     def close_bar(self) -> None:
         if self._bar is not None:

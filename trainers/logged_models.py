@@ -32,7 +32,10 @@ class ModelLogger:
         self._thread: threading.Thread | None = None
 
     def log(self, state: dict, step: int, kind: str = "final", points: list | None = None) -> str | None:
-        """Log one model of ``step``; returns its model id (None if this run already has that model)."""
+        """Log one model of ``step``; returns its model id (None if this run already has that model). The
+        final model waits for a checkpoint's model still uploading, so every model is complete when it returns."""
+        if kind == "final":
+            self.wait()
         if self._logged(step, kind):
             print(f"{kind} model of step {step} is already logged (an earlier attempt); not logged again", flush=True)
             return None

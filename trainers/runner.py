@@ -406,7 +406,6 @@ class Runner:
     def _export(self) -> None:
         """The final model: a LoggedModel of the last step (docs/contracts.md)."""
         state = weights.gather_fp32_state(self.engine, self.spec.distributed.zero_stage, self.rank)
-        self.models.wait()  # a checkpoint's model still uploading goes first
         self.models.log(state, self.step)
 
 
