@@ -8,7 +8,7 @@ import json
 import sys
 
 # Modules that add their own sub-commands with register(subparsers); each is torch-free at import time.
-PLUGIN_COMMANDS = ("orchestrator.stack", "orchestrator.render", "orchestrator.registry")
+PLUGIN_COMMANDS = ("orchestrator.stack", "orchestrator.render", "orchestrator.registry", "orchestrator.sweep")
 
 
 def _err(*args) -> None:
@@ -32,13 +32,21 @@ def cmd_validate(args) -> int:
     from orchestrator.spec import valid_world_sizes
 
     spec = _load(args, check_files=not args.no_data)
+    trials = ""
+    if spec.sweep is not None:
+        from orchestrator.specload import apply_overrides, read_yaml
+        from orchestrator.sweep import check_trials
+
+        probes = check_trials(apply_overrides(read_yaml(args.spec), args.overrides), spec.sweep, args.spec)
+        trials = f"; sweep: {len(probes)} {'trials' if spec.sweep.method in ('grid', 'scaling') else 'probes'} valid"
     notes = [] if args.no_data else preflight.check(spec, args.spec, unreachable_ok=True)
     for note in notes:
         _err(f"note: {note}")
     data = "data not checked (--no-data)" if args.no_data else (
         "fits its data" if not notes else "fits the data that could be read")
     print(f"{args.spec}: valid ({spec.model.family}/{getattr(spec.model, 'arch', '?')}, {data}, "
-          f"world sizes {spec.distributed.world_sizes()}; any of {valid_world_sizes(spec)} keep the global batch)")
+          f"world sizes {spec.distributed.world_sizes()}; any of {valid_world_sizes(spec)} keep the global batch"
+          f"{trials})")
     return 0
 
 
@@ -82,6 +90,11 @@ def cmd_plan(args) -> int:
 def cmd_launch(args) -> int:
     from orchestrator.launch import launch
 
+    spec = _load(args, check_files=False)
+    if spec.sweep is not None:
+        raise ValueError(f"{args.spec} has a sweep: section ({spec.sweep.method} over "
+                         f"{', '.join(spec.sweep.parameters)}). Hint: run it with `sciscale sweep {args.spec}`; to "
+                         "train the base spec once, add --set sweep=null")
     spec = _checked(_load(args, check_files=not args.cluster), args.spec, args.cluster)
     return launch(spec, run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, verbose=args.verbose)
 

@@ -48,6 +48,8 @@ def cmd_status(args) -> int:
         raise ValueError(f"no run {args.target!r} in runs root {absolute_root(args.runs_root)}. Hint: "
                          "`sciscale ls` lists runs; pass --cluster for a job id")
     run = mlflow_client(record.tracking_uri).get_run(record.mlflow_run_id)
+    if record.kind == "sweep":
+        return _sweep_status(record, run)
     print(f"run {record.run_id}: {run.info.status} (attempt {record.attempts + 1})")
     print(f"  mlflow run: {record.mlflow_run_id} at {record.tracking_uri}")
     latest = {k: v for k, v in run.data.metrics.items() if k.startswith(("train/loss", "val/"))}
@@ -57,6 +59,27 @@ def cmd_status(args) -> int:
         print(f"  job: {record.job_id} on {record.cluster}")
     _print_events(run.data.tags)
     _print_failure(record.run_id, run)
+    return 0
+
+
+def _sweep_status(record, run) -> int:
+    """A sweep: its parent run, the trial table and the best trial (orchestrator/sweep_report.py)."""
+    import json
+
+    from orchestrator.sweep_report import table_lines, trials
+
+    root = absolute_root(record.runs_root)
+    with open(f"{root}/{record.run_id}/sciscale/spec.yaml") as f:
+        sweep = json.load(f)["sweep"]
+    params, metric, mode = list(sweep["parameters"]), sweep.get("metric", "val/loss"), sweep.get("mode", "min")
+    print(f"sweep {record.run_id}: {run.info.status} ({sweep.get('method', 'grid')}, attempt {record.attempts + 1})")
+    print(f"  mlflow parent run: {record.mlflow_run_id} at {record.tracking_uri}")
+    rows = trials(record, params, metric, mode)
+    print(f"  trials: {len(rows)} ({sum(r['status'] == 'FINISHED' for r in rows)} finished)")
+    for line in table_lines(rows, params, metric):
+        print("    " + line)
+    if "sciscale.best_run_id" in run.data.tags:
+        print(f"  best: {run.data.tags['sciscale.best_run_id']} ({run.data.tags.get('sciscale.best_params', '')})")
     return 0
 
 
@@ -194,7 +217,8 @@ def cmd_ls(args) -> int:
             status = mlflow_client(rec.tracking_uri).get_run(rec.mlflow_run_id).info.status
         except Exception as exc:  # noqa: BLE001 - an unreachable tracking server should not hide the list
             status = f"unknown ({type(exc).__name__})"
-        print(f"{rec.run_id}\t{status}\tattempts={rec.attempts + 1}\tmlflow={rec.mlflow_run_id}")
+        kind = "\tsweep" if rec.kind == "sweep" else ""
+        print(f"{rec.run_id}\t{status}{kind}\tattempts={rec.attempts + 1}\tmlflow={rec.mlflow_run_id}")
     return 0
 
 

@@ -152,21 +152,27 @@ def _failed(record: RunRecord, run: dict, exc: BaseException, console: Console) 
     the traceback is in driver.log and the worker's log."""
     import traceback
 
-    from trainers.failures import first_cause
-
     traceback.print_exception(exc, file=console.log.file if console.log else sys.stderr)
     if isinstance(exc, Stopped) or _SIGNALS:
         finish_run(record, RunState.KILLED, f"stopped by {', '.join(_SIGNALS) or exc}")
         console.echo(f"run {record.run_id} stopped; MLflow run {record.mlflow_run_id} marked KILLED")
         return 130
-    cause = first_cause(exc)
-    summary = cause.summary() if cause else {"type": type(exc).__name__, "message": str(exc)[:4000], "rank": None,
-                                              "step": None, "deterministic": False, "log": ""}
-    summary["driver_log"] = console.log.where if console.log else ""
+    summary = failure_summary(exc, console.log.where if console.log else "")
     finish_run(record, RunState.FAILED, f"{summary['type']}: {summary['message']}", error=summary)
     for line in failure_lines(record.run_id, summary):
         console.echo(line)
     return 1
+
+
+def failure_summary(exc: BaseException, driver_log: str) -> dict:
+    """The cause of a failed run for the tag sciscale.error: the first worker failure's type, message, rank,
+    step and log, else the driver's own error."""
+    from trainers.failures import first_cause
+
+    cause = first_cause(exc)
+    summary = cause.summary() if cause else {"type": type(exc).__name__, "message": str(exc)[:4000], "rank": None,
+                                              "step": None, "deterministic": False, "log": ""}
+    return {**summary, "driver_log": driver_log}
 
 
 def worker_env() -> dict:

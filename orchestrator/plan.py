@@ -26,6 +26,29 @@ def count_and_activations(spec: JobSpec) -> tuple[int, int, int | None]:
     return total, trainable, _activation_bytes(model, family, spec)
 
 
+def size_and_flops(spec: JobSpec) -> tuple[int, int | None]:
+    """(parameters, FLOPs of one sample's forward and backward as torch's FLOP counter counts them, or None
+    where an op has no meta kernel): a scaling ladder's N and its compute per training sample."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models import load_family
+
+    family = load_family(spec.model.family)
+    with torch.device("meta"):
+        model = family.build_model(spec.model)
+    n = sum(p.numel() for p in model.parameters())
+    try:
+        batch = family.example_batch(spec.model, 1)
+        batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+        counter = FlopCounterMode(display=False)
+        with counter:
+            family.loss(model(batch), batch, spec.model).backward()
+        return n, int(counter.get_total_flops()) or None
+    except Exception:  # noqa: BLE001 - then C = 6 N D stands in (orchestrator/scaling.py)
+        return n, None
+
+
 def _activation_bytes(model, family, spec: JobSpec) -> int | None:
     import torch
 

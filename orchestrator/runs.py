@@ -41,6 +41,8 @@ class RunRecord:
     attempts: int = 0
     job_id: str | None = None
     cluster: str | None = None
+    kind: str = "run"
+    """run, or sweep (the record of a sweep's parent run; orchestrator/sweep.py)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -218,6 +218,107 @@ class TrackingSpec(BaseModel):
         return value
 
 
+class SearchSpace(BaseModel):
+    """One swept spec field: exactly one of values, uniform, log_uniform, int_uniform."""
+
+    model_config = _CONFIG
+
+    values: list[Any] | None = Field(default=None, min_length=1)
+    """Values to try (grid and scaling: every one; random and tpe: one chosen per trial)."""
+    uniform: tuple[float, float] | None = None
+    """[low, high]: a float drawn uniformly (random, tpe)."""
+    log_uniform: tuple[float, float] | None = None
+    """[low, high], both > 0: a float drawn uniformly in log space, as learning rates are (random, tpe)."""
+    int_uniform: tuple[int, int] | None = None
+    """[low, high]: an integer drawn uniformly, both ends included (random, tpe)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchSpace":
+        given = [k for k in SPACE_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of {', '.join(SPACE_KINDS)}, got {', '.join(given) or 'none'}")
+        bounds = getattr(self, given[0])
+        if given[0] != "values" and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: expected [low, high] with low < high, got {list(bounds)}")
+        if given[0] == "log_uniform" and bounds[0] <= 0:
+            raise ValueError(f"log_uniform: expected low > 0, got {bounds[0]}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SPACE_KINDS if getattr(self, k) is not None)
+
+    def probes(self) -> list[Any]:
+        """The values a trial can get that validation tries: every value, or both ends of a range."""
+        return list(self.values) if self.values is not None else list(getattr(self, self.kind))
+
+
+SPACE_KINDS = ("values", "uniform", "log_uniform", "int_uniform")
+
+
+class EarlyStopSpec(BaseModel):
+    """Stop unpromising trials early (Ray Tune's ASHA scheduler), judged at each evaluation."""
+
+    model_config = _CONFIG
+
+    kind: Literal["asha"] = "asha"
+    """Asynchronous successive halving."""
+    grace_steps: int = Field(default=10, ge=1)
+    """No trial is stopped before this many optimizer steps."""
+    reduction_factor: float = Field(default=2.0, gt=1.0)
+    """At each rung, the best 1/reduction_factor of the trials go on."""
+
+
+# Spec fields that set a scaling ladder's data budget D (training samples seen = max_steps x global batch)
+DATA_AXIS = ("train.max_steps", "train.global_batch_size")
+
+
+class SweepSpec(BaseModel):
+    """A campaign: every trial is the spec with these parameters set, run as a full sciscale run by
+    `sciscale sweep` (Ray Tune), all under one MLflow parent run."""
+
+    model_config = _CONFIG
+
+    method: Literal["grid", "random", "tpe", "scaling"] = "grid"
+    """grid: every combination of the values; random: num_samples draws; tpe: num_samples trials chosen by
+    Optuna's TPE sampler; scaling: a grid of model sizes by data budgets, with the fit L(N, D) = E + A/N^alpha +
+    B/D^beta of the final metric (docs/scaling.md)."""
+    metric: str = "val/loss"
+    """The metric that ranks trials (and that early stopping and TPE act on): one every trial logs."""
+    mode: Literal["min", "max"] = "min"
+    """Whether a lower or a higher metric is better."""
+    num_samples: int = Field(default=1, ge=1)
+    """random and tpe: the number of trials; grid and scaling: repeats of the whole grid."""
+    max_concurrent: int | None = Field(default=None, ge=1)
+    """Trials running at once (null: as many as the cluster's resources allow)."""
+    early_stop: EarlyStopSpec | None = None
+    """Stop trials whose metric trails at an evaluation (needs train.eval_every); null: every trial runs out."""
+    seed: int = 0
+    """Seed of the random and TPE samplers."""
+    parameters: dict[str, SearchSpace] = Field(min_length=1)
+    """Spec paths (as for --set, e.g. optim.lr, model.size, data.train.0.url) to their search space."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepSpec":
+        if self.method in ("grid", "scaling"):
+            drawn = [p for p, s in self.parameters.items() if s.values is None]
+            if drawn:
+                raise ValueError(f"sweep.method={self.method} takes values lists only; {', '.join(drawn)} "
+                                 "has a range. Hint: list the values, or use method random or tpe")
+        if "sweep" in {p.split(".")[0] for p in self.parameters}:
+            raise ValueError("sweep.parameters cannot set the sweep section itself")
+        if self.method == "scaling":
+            for axis, paths in (("model size N", [p for p in self.parameters if p.startswith("model.")]),
+                                ("data budget D", [p for p in self.parameters if p in DATA_AXIS])):
+                distinct = max((len({repr(v) for v in self.parameters[p].values}) for p in paths), default=0)
+                if distinct < 3:
+                    where = ", ".join(paths) or ("a model.* field" if axis.startswith("model") else
+                                                 " or ".join(DATA_AXIS))
+                    raise ValueError(f"a scaling ladder needs at least 3 values on its {axis} axis ({where}); "
+                                     f"got {distinct}")
+        return self
+
+
 def _model_union() -> Any:
     classes = model_spec_classes()
     if not classes:
@@ -251,6 +352,8 @@ class JobSpec(BaseModel):
     """Runs root and object-store settings (for data, checkpoints and Ray Train's state alike)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """MLflow tracking."""
+    sweep: SweepSpec | None = None
+    """A sweep or scaling ladder over this spec, run with `sciscale sweep` (null: a single run)."""
 
     @model_validator(mode="after")
     def _check_batch(self) -> "JobSpec":
@@ -270,7 +373,42 @@ class JobSpec(BaseModel):
         for name in ("eval_every", "eval_suite_every"):
             if getattr(self.train, name) and not self.data.val:
                 raise ValueError(f"train.{name}={getattr(self.train, name)} needs data.val datasets (none given)")
+        if self.sweep is not None:
+            self._check_sweep(self.sweep)
         return self
+
+    def _check_sweep(self, sweep: SweepSpec) -> None:
+        """What the sweep needs of the trials (each trial's own values are checked by orchestrator/sweep.py)."""
+        metric = sweep.metric
+        needs = {"val/": ("data.val datasets", bool(self.data.val)),
+                 "eval/": ("train.eval_suite_every > 0", bool(self.train.eval_suite_every))}
+        prefix = next((p for p in ("train/", "val/", "eval/") if metric.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"sweep.metric {metric!r} is not a metric trials log: expected train/..., val/... "
+                             "or eval/... (e.g. val/loss)")
+        if prefix == "train/" and metric not in TRAIN_METRICS:
+            raise ValueError(f"sweep.metric {metric!r} is not a training metric{_close(metric, TRAIN_METRICS)}; "
+                             f"trials log {', '.join(TRAIN_METRICS)}")
+        if prefix in needs and not needs[prefix][1]:
+            raise ValueError(f"sweep.metric {metric!r} is logged only with {needs[prefix][0]}")
+        if sweep.early_stop is not None:
+            if not self.train.eval_every or not self.data.val:
+                raise ValueError("sweep.early_stop decides at each evaluation: set train.eval_every (and data.val)")
+            if sweep.early_stop.grace_steps >= self.train.max_steps:
+                raise ValueError(f"sweep.early_stop.grace_steps={sweep.early_stop.grace_steps} is not below "
+                                 f"train.max_steps={self.train.max_steps}: no trial could be stopped")
+
+
+# What every trial logs at each log_every step (trainers/runner.py); the sweep metric must be one of these, a
+# val/ metric or an eval/ score
+TRAIN_METRICS = ("train/loss", "train/lr", "train/grad_norm", "train/step_time_s", "train/samples_per_s")
+
+
+def _close(word: str, options) -> str:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {found[0]!r}?)" if found else ""
 
 
 def _show_workers(workers) -> str:

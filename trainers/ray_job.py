@@ -50,9 +50,9 @@ def FailureRecorder(run: dict):  # noqa: N802 - builds the callback without impo
     return _failure_recorder_class()(run)
 
 
-def fit(spec: JobSpec, record: RunRecord, run: dict | None = None) -> dict:
+def fit(spec: JobSpec, record: RunRecord, run: dict | None = None, callbacks: list | None = None) -> dict:
     """Run training to the end; returns the last reported metrics. ``run`` is the context the workers get
-    (orchestrator.runs.run_context)."""
+    (orchestrator.runs.run_context); ``callbacks`` are more Train callbacks (a sweep's TuneReportCallback)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -73,7 +73,7 @@ def fit(spec: JobSpec, record: RunRecord, run: dict | None = None) -> dict:
             failure_config=FailureConfig(max_failures=spec.distributed.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
             worker_runtime_env={"env_vars": _worker_env(spec)},
-            callbacks=[FailureRecorder(run)],
+            callbacks=[FailureRecorder(run), *(callbacks or [])],
         ),
     )
     with _sciscale_failure_policy():

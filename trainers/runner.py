@@ -175,6 +175,8 @@ class Runner:
                 window = []
             if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
                 last.update(self.evaluate())
+                if self.run_info.get("tune"):  # a sweep's trial: Tune (ASHA, TPE) decides on evaluations
+                    self.report({**last, "step": self.step})
             if t.eval_suite_every and (self.step % t.eval_suite_every == 0 or self.step == t.max_steps):
                 last.update(self._eval_suite())
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:

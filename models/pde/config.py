@@ -55,6 +55,9 @@ class PdeModelSpec(BaseModel):
     first out_channels input channels (extra inputs are e.g. coefficient fields)."""
     window_size: int | None = Field(default=None, ge=2)
     """scOT only: override the named size's attention window (tokens per side)."""
+    width: int | None = Field(default=None, ge=2)
+    """Override the named size's hidden width (FNO: hidden_channels; scOT: embed_dim, a multiple of the first
+    stage's heads), e.g. to sweep model size in a scaling ladder."""
     time_stride: int = Field(default=2, ge=1)
     """Keep every k-th stored snapshot; all pairs i <= j of kept snapshots are training samples."""
     max_time_index: int | None = Field(default=None, ge=1)
@@ -86,6 +89,10 @@ class PdeModelSpec(BaseModel):
             raise ValueError(f"model.channel_groups {self.channel_groups} must be positive sizes summing to "
                              f"model.out_channels ({self.out_ch})")
         if self.arch == "scot":
+            heads = SCOT_SIZES[self.size]["num_heads"][0]
+            if self.width is not None and self.width % heads:
+                raise ValueError(f"model.width {self.width} must be a multiple of {heads} for scOT size "
+                                 f"{self.size!r} (its first stage has {heads} attention heads)")
             patch = SCOT_SIZES[self.size]["patch_size"]
             if self.resolution % (patch * 8):
                 raise ValueError(f"model.resolution {self.resolution} must be a multiple of {patch * 8} for "

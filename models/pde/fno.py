@@ -45,7 +45,7 @@ class PdeFNO(nn.Module):
             n_modes=(size["modes"], size["modes"]),
             in_channels=spec.in_channels + 1,
             out_channels=spec.out_ch,
-            hidden_channels=size["hidden_channels"],
+            hidden_channels=spec.width or size["hidden_channels"],
             n_layers=size["n_layers"],
             conv_module=RealWeightSpectralConv,
         )

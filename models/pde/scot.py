@@ -198,6 +198,8 @@ class ScOT(nn.Module):
         cfg = dict(SCOT_SIZES[spec.size])
         if spec.window_size:
             cfg["window_size"] = spec.window_size
+        if spec.width:
+            cfg["embed_dim"] = spec.width
         self.resolution, self.patch, self.residual = spec.resolution, cfg["patch_size"], spec.residual
         self.activation_checkpointing = spec.activation_checkpointing
         self._build(spec.in_channels, spec.out_ch, cfg)

@@ -108,3 +108,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_wrong_resolution_is_reported():
     with pytest.raises(ValueError, match="model.resolution is 32"):
         ScOT(_spec())({"x": torch.randn(1, 2, 64, 64), "lead_time": torch.zeros(1)})
+
+
+def test_width_overrides_the_named_sizes_embedding_width():
+    from models import load_family
+
+    def count(**kw):
+        with torch.device("meta"):
+            return sum(p.numel() for p in load_family("pde").build_model(_spec(**kw)).parameters())
+
+    assert count(width=48) > 3 * count()  # debug is 24 wide; parameters grow about with width squared
+    assert count(arch="fno", width=64) > 3 * count(arch="fno")  # FNO debug: 32 hidden channels
+    with pytest.raises(ValueError, match="multiple of 3 for scOT size 'debug'"):
+        _spec(width=32)
