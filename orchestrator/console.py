@@ -11,7 +11,8 @@ import threading
 import time
 
 # Loggers of the libraries the driver runs; their records go to driver.log.
-LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "py.warnings", "urllib3", "botocore", "s3fs", "fsspec", "filelock")
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "py.warnings", "urllib3", "botocore", "s3fs", "fsspec", "filelock",
+                   "optuna")
 _HEADLINE = 3  # evaluation metrics shown beside val/loss on the console; all of them are in MLflow
 _BASELINES = ("persistence", "climatology", "zero_baseline", "lead_time")
 

@@ -186,9 +186,11 @@ def worker_env() -> dict:
     return {"env_vars": env}
 
 
-def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
-    """Submit through Ray's Job Submission API; the job runs `sciscale launch --in-cluster` on the head."""
+def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print, command: str | None = None) -> int:
+    """Submit through Ray's Job Submission API; the job runs `sciscale launch --in-cluster` on the head (or
+    ``command``, sciscale arguments: a sweep's driver)."""
     client = job_client(cluster)
+    command = command or f"launch spec.yaml --run-id {record.run_id} --in-cluster"
     staging = Path(tempfile.mkdtemp(prefix="sciscale-submit-"))
     try:
         for pkg in PACKAGES:
@@ -197,7 +199,7 @@ def submit(spec: JobSpec, record: RunRecord, cluster: str, echo=print) -> int:
         env = worker_env()["env_vars"]
         env.pop("PYTHONPATH", None)  # the working dir is on the path inside the job
         job_id = _submit_with_retry(client, dict(
-            entrypoint=f"{sys.executable} -m orchestrator.cli launch spec.yaml --run-id {record.run_id} --in-cluster",
+            entrypoint=f"{sys.executable} -m orchestrator.cli {command}",
             runtime_env={"working_dir": str(staging), "env_vars": env},
             submission_id=f"{record.run_id}-{record.attempts}",
             metadata={"sciscale_run_id": record.run_id, "mlflow_run_id": record.mlflow_run_id,

@@ -113,19 +113,50 @@ def run_trial(config: dict, base: dict, sweep_id: str, parent: dict) -> None:
     raw.setdefault("tracking", {}).setdefault("tags", {}).update(
         {PARENT_TAG: parent["mlflow_run_id"], SWEEP_TAG: sweep_id, KIND_TAG: "trial"})
     spec = absolutize(validate_spec(raw, f"sweep {sweep_id}"))
-    record, _ = ensure_run(spec, trial_run_id(sweep_id, tune.get_context().get_trial_id()))
+    run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
+    done = _finished(spec, run_id)
+    if done is not None:  # finished before the sweep was stopped, after Tune last saved its state
+        tune.report(done)
+        return
+    record, _ = ensure_run(spec, run_id)
     run = {**run_context(record, spec), "tune": True}
     _log_size(record, spec)
     log = RunLog(run, "driver.log", capture=True)
     try:
-        fit(spec, record, run, callbacks=[TuneReportCallback()])
+        result = fit(spec, record, run, callbacks=[_report_callback(TuneReportCallback)])
     except BaseException as exc:
-        summary = failure_summary(exc, log.where)
-        finish_run(record, RunState.FAILED, f"{summary['type']}: {summary['message']}", error=summary)
+        if mlflow_client(record.tracking_uri).get_run(record.mlflow_run_id).info.status != RunState.KILLED.value:
+            summary = failure_summary(exc, log.where)  # KILLED: Tune stopped the trial, the driver said why
+            finish_run(record, RunState.FAILED, f"{summary['type']}: {summary['message']}", error=summary)
         raise
     finally:
         log.close()
     finish_run(record, RunState.FINISHED)
+    tune.report(result)  # last, once the run is complete: a scheduler's stop at the final step cuts nothing
+
+
+def _report_callback(base):
+    class EvaluationsToTune(base):
+        """Ray's TuneReportCallback for every report but the final one, which the trial passes on itself after
+        the final model is exported and the run FINISHED (Tune ends a trial whose scheduler says stop)."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if not (metrics and metrics[0].get("final")):
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EvaluationsToTune()
+
+
+def _finished(spec: JobSpec, run_id: str) -> dict | None:
+    """The last metrics of a trial whose run already FINISHED (a trial is never trained twice), else None."""
+    record = read_record(absolute_root(spec.storage.runs_root), run_id, spec.storage)
+    if record is None:
+        return None
+    run = mlflow_client(record.tracking_uri).get_run(record.mlflow_run_id)
+    if run.info.status != RunState.FINISHED.value:
+        return None
+    steps = mlflow_client(record.tracking_uri).get_metric_history(record.mlflow_run_id, "train/loss")
+    return {**run.data.metrics, "step": max((m.step for m in steps), default=spec.train.max_steps)}
 
 
 def _log_size(record: RunRecord, spec: JobSpec) -> None:
@@ -145,14 +176,24 @@ def _log_size(record: RunRecord, spec: JobSpec) -> None:
 
 # --------------------------------------------------------------------------------------------- the driver
 def sweep(spec: JobSpec, base: dict, source: str, sweep_id: str | None = None, resume: bool = False,
-          max_concurrent: int | None = None) -> int:
-    """Run (or with ``resume`` continue) the sweep; the parent run ends FINISHED once every trial has ended."""
+          max_concurrent: int | None = None, cluster: str | None = None, in_cluster: bool = False) -> int:
+    """Run (or with ``resume`` continue) the sweep; the parent run ends FINISHED once every trial has ended.
+    With ``cluster`` the sweep's record and parent run are made here and its driver runs as a Ray job there."""
     from orchestrator.console import Console
 
     console = Console()
     check_trials(base, spec.sweep, source)
-    parent = _parent(spec, base, sweep_id, resume)
-    console.echo(f"sweep {parent.run_id} ({'resumed' if resume else 'new'}, {spec.sweep.method}, "
+    if cluster:
+        from orchestrator.cluster import job_client
+        from orchestrator.launch import submit
+
+        job_client(cluster)  # a wrong address or a missing token fails before any MLflow run exists
+    parent = _parent(spec, base, sweep_id, resume, count_attempt=not in_cluster)
+    if cluster:
+        extra = f" --max-concurrent {max_concurrent}" if max_concurrent else ""
+        return submit(spec, parent, cluster, console.echo, command=f"sweep --resume {parent.run_id} --runs-root "
+                      f"{parent.runs_root} --in-cluster{extra}")
+    console.echo(f"sweep {parent.run_id} ({'resumed' if resume and not in_cluster else 'new'}, {spec.sweep.method}, "
                  f"{_trial_count(spec.sweep)} trials); MLflow parent run {parent.mlflow_run_id} at "
                  f"{parent.tracking_uri}")
     from orchestrator.runs import RunLog, run_context
@@ -162,7 +203,7 @@ def sweep(spec: JobSpec, base: dict, source: str, sweep_id: str | None = None, r
     console.echo(f"logs: {log.where}")
     try:
         with contextlib.redirect_stdout(log.file):
-            results = _tune(spec, base, parent, console, max_concurrent, resume)
+            results = _tune(spec, base, parent, console, max_concurrent, in_cluster)
     except BaseException as exc:
         finish_run(parent, RunState.KILLED if isinstance(exc, KeyboardInterrupt) else RunState.FAILED,
                    f"{type(exc).__name__}: {exc}")
@@ -183,7 +224,7 @@ def _trial_count(sweep: SweepSpec) -> int:
     return len(grid(sweep)) if sweep.method in ("grid", "scaling") else sweep.num_samples
 
 
-def _parent(spec: JobSpec, base: dict, sweep_id: str | None, resume: bool) -> RunRecord:
+def _parent(spec: JobSpec, base: dict, sweep_id: str | None, resume: bool, count_attempt: bool = True) -> RunRecord:
     """The sweep's record and MLflow parent run: created, or for --resume read back and set RUNNING."""
     from orchestrator.runs import _experiment, new_run_id, tracking_uri, write_record
     from orchestrator.specload import dump_spec, flatten
@@ -191,7 +232,7 @@ def _parent(spec: JobSpec, base: dict, sweep_id: str | None, resume: bool) -> Ru
     root = absolute_root(spec.storage.runs_root)
     if resume:
         record = read_record(root, sweep_id, spec.storage)
-        record.attempts += 1
+        record.attempts += int(count_attempt)  # the cluster job of a sweep submitted from here is its first
         client = mlflow_client(record.tracking_uri)
         client.update_run(record.mlflow_run_id, status=RunState.RUNNING.value)
         client.set_tag(record.mlflow_run_id, "sciscale.attempts", str(record.attempts))
@@ -217,7 +258,7 @@ def _parent(spec: JobSpec, base: dict, sweep_id: str | None, resume: bool) -> Ru
     return record
 
 
-def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent: int | None, resume: bool):
+def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent: int | None, in_cluster: bool):
     import ray
     from ray import tune
 
@@ -226,9 +267,12 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
 
     console.quiet()
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=worker_env(), logging_level="WARNING",
-                 log_to_driver=False)
+        where = {"address": "auto"} if in_cluster else {"address": os.environ.get("RAY_ADDRESS"),
+                                                         "runtime_env": worker_env()}
+        ray.init(logging_level="WARNING", log_to_driver=False, **where)
     console.quiet()
+    # checkpoints between evaluations report training metrics only; the sweep metric was checked up front
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     s = spec.sweep
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, sweep_id=parent.run_id,
@@ -237,7 +281,7 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
     experiment = f"{path.rstrip('/')}/{parent.run_id}/tune"
     _ECHO[0] = console.echo
     callbacks = [_console_callback(spec, parent)]
-    if resume:
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):  # --resume, or a cluster job again
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=filesystem, param_space=param_space(s))
     else:
@@ -245,7 +289,8 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
         if s.early_stop is not None:
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="step", max_t=spec.train.max_steps,
+            steps = s.parameters.get("train.max_steps")
+            scheduler = ASHAScheduler(time_attr="step", max_t=max(steps.probes()) if steps else spec.train.max_steps,
                                       grace_period=s.early_stop.grace_steps,
                                       reduction_factor=s.early_stop.reduction_factor)
         search = None
@@ -253,17 +298,20 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
             from ray.tune.search.optuna import OptunaSearch
 
             search = OptunaSearch(seed=s.seed)
+        elif s.method == "random":
+            from ray.tune.search import BasicVariantGenerator
+
+            # a search algorithm given to Tune ignores max_concurrent_trials: the generator takes it itself
+            search = BasicVariantGenerator(random_state=s.seed, max_concurrent=max_concurrent or s.max_concurrent or 0)
         tuner = tune.Tuner(trainable, param_space=param_space(s), tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, num_samples=s.num_samples, search_alg=search, scheduler=scheduler,
             max_concurrent_trials=max_concurrent or s.max_concurrent, reuse_actors=False),
             run_config=tune.RunConfig(name="tune", storage_path=f"{path.rstrip('/')}/{parent.run_id}",
                                       storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=0)))
-    if resume:
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         tuner._local_tuner._run_config.callbacks = callbacks  # a restored Tuner keeps no callbacks
         tuner._local_tuner._run_config.verbose = 0
-    if s.method == "random":
-        os.environ.setdefault("TUNE_GLOBAL_SEED", str(s.seed))
     return tuner.fit()
 
 
@@ -315,16 +363,23 @@ def cmd_sweep(args) -> int:
     from orchestrator.specload import absolutize, load_spec
 
     if args.resume:
+        from orchestrator.runs import runs_fs
+
         root = absolute_root(args.runs_root)
         record = read_record(root, args.resume)
         if record is None or record.kind != "sweep":
             raise ValueError(f"no sweep {args.resume!r} in runs root {root}. Hint: `sciscale ls` lists sweeps")
+        fs, path = runs_fs(root)
+        with fs.open(f"{path}/{args.resume}/sciscale/spec.yaml", "r") as f:
+            base = json.load(f)
         source = f"{root}/{args.resume}/sciscale/spec.yaml"
-        base = json.loads(open(source).read())
         spec = absolutize(validate_spec(base, source))
-        return sweep(spec, base, source, args.resume, resume=True, max_concurrent=args.max_concurrent)
+        if args.cluster:
+            _checked(spec, source, args.cluster)
+        return sweep(spec, base, source, args.resume, resume=True, max_concurrent=args.max_concurrent,
+                     cluster=args.cluster, in_cluster=args.in_cluster)
     base = apply_overrides(read_yaml(args.spec), args.overrides)
-    spec = _checked(load_spec(args.spec, args.overrides), args.spec, None)
+    spec = _checked(load_spec(args.spec, args.overrides, check_files=not args.cluster), args.spec, args.cluster)
     if spec.sweep is None:
         raise ValueError(f"{args.spec} has no sweep: section. Hint: `sciscale launch {args.spec}` runs it once; "
                          "docs/spec.md#sweep describes the section")
@@ -332,10 +387,12 @@ def cmd_sweep(args) -> int:
     for split in ("train", "val"):
         for i, source in enumerate(getattr(spec.data, split)):
             base["data"][split][i]["url"] = source.url
-    return sweep(spec, base, args.spec, args.sweep_id, max_concurrent=args.max_concurrent)
+    return sweep(spec, base, args.spec, args.sweep_id, max_concurrent=args.max_concurrent, cluster=args.cluster)
 
 
 def register(sub) -> None:
+    import argparse
+
     p = sub.add_parser("sweep", help="run the spec's sweep: section (grid, random, tpe, scaling ladder) on Ray "
                                      "Tune, every trial a full run under one MLflow parent run")
     p.add_argument("spec", nargs="?", help="path to the YAML job spec with a sweep: section")
@@ -346,6 +403,9 @@ def register(sub) -> None:
                                                         "unfinished ones resume from their checkpoints")
     p.add_argument("--runs-root", default="runs", help="runs root of --resume (default: runs)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (overrides sweep.max_concurrent)")
+    p.add_argument("--cluster", metavar="ADDRESS", help="run the sweep's driver as a job on this Ray cluster "
+                   "(Ray Job API, e.g. http://HEAD:8265); the runs root must be one the cluster reaches")
+    p.add_argument("--in-cluster", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_checked_args)
 
 

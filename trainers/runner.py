@@ -396,7 +396,9 @@ class Runner:
         directory = tempfile.mkdtemp(prefix="sciscale-ckpt-")
         try:
             self.save_state(directory)
-            self.report({**metrics, "step": self.step}, checkpoint_dir=directory, background=background)
+            # "final" marks the last report: a sweep's trial passes it to Tune itself once the model is exported
+            self.report({**metrics, "step": self.step, **({"final": 1.0} if final else {})}, checkpoint_dir=directory,
+                        background=background)
         finally:
             if not background and os.path.isdir(directory):
                 shutil.rmtree(directory, ignore_errors=True)
