@@ -282,7 +282,12 @@ def plot_loss_vs_n(fit: LawFit, trials: list[Trial], path) -> str:
         at = [t for t in trials if t.d == d]
         ax.scatter([t.n for t in at], [t.loss for t in at], color=colour, zorder=3, label=f"D = {d:.3g} samples")
         ax.plot(grid, predict(fit, grid, d), color=colour, lw=1.2)
-    ax.axhline(fit.E, color="grey", ls=":", label=f"E = {fit.E:.3g} (irreducible loss)")
+    losses = [t.loss for t in trials]
+    low, high = min(losses), max(losses)
+    if fit.E >= low / 3:  # drawn where it is near the data; a tiny E would squash the points into one line
+        ax.axhline(fit.E, color="grey", ls=":", label=f"E = {fit.E:.3g} (irreducible loss)")
+        low = min(low, fit.E)
+    ax.set_ylim(low / 1.15, high * 1.15)
     ax.set(xlabel="parameters N", ylabel="final loss L")
     ci = {p: "[{:.3f}, {:.3f}]".format(*fit.intervals.get(p, (math.nan, math.nan))) for p in ("alpha", "beta")}
     return _save(fig, [ax], path, f"L = E + A/N^α + B/D^β (lines), {fit.level:.0%} bootstrap intervals\n"
