@@ -93,7 +93,8 @@ def param_space(sweep: SweepSpec) -> dict:
 
 
 def trial_run_id(sweep_id: str, trial_id: str) -> str:
-    """Tune's trial ids end in the trial's index (kept by a restore), so a resumed trial reopens its run."""
+    """From Tune's trial id, which a restore keeps, so a resumed trial reopens its run: grid and random ids end
+    in the trial's index (SWEEP-t00003), a search algorithm's are its own (tpe: SWEEP-t56f790bb)."""
     return f"{sweep_id}-t{trial_id.rsplit('_', 1)[-1]}"
 
 
@@ -252,6 +253,9 @@ def _parent(spec: JobSpec, base: dict, sweep_id: str | None, resume: bool, count
     sweep_params = flatten(spec.sweep.model_dump(mode="json", exclude_none=True), "sweep")
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sweep_params.items()][:100])
     client.log_text(run.info.run_id, dump_spec(spec), "spec.yaml")
+    from orchestrator.lineage import log_datasets
+
+    log_datasets(client, run.info.run_id, spec)  # what every trial reads (a swept data URL: the base's)
     record = RunRecord(run_id=sweep_id, runs_root=root, tracking_uri=uri, experiment=spec.tracking.experiment,
                        mlflow_run_id=run.info.run_id, kind="sweep")
     write_record(record, spec.storage, json.dumps(base, indent=1))
