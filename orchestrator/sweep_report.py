@@ -151,13 +151,20 @@ def plot_learning_curves(client, rows: list[dict], params: list[str], metric: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    histories = {r["trial"]: sorted((m.step, m.value) for m in client.get_metric_history(r["mlflow_run_id"], metric))
+                 for r in rows}
+    if max((len(h) for h in histories.values()), default=0) < 2:  # evaluated at the end only: training curves
+        metric = "train/loss"
+        histories = {r["trial"]: sorted((m.step, m.value) for m in client.get_metric_history(r["mlflow_run_id"],
+                                                                                              metric)) for r in rows}
+    colours = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, r in enumerate(rows):
-        history = sorted((m.step, m.value) for m in client.get_metric_history(r["mlflow_run_id"], metric))
+        history = histories[r["trial"]]
         if not history:
             continue
         label = f"{r['trial'].rsplit('-', 1)[-1]}: " + ", ".join(f"{p.split('.')[-1]}={r[p]}" for p in params)
-        ax.plot(*zip(*history), marker="o", ms=3, color=f"C{i % 10}", label=label,
+        ax.plot(*zip(*history), marker="o", ms=3, color=colours(i % colours.N), label=label,
                 linestyle="-" if r["status"] == "FINISHED" else "--")
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
