@@ -121,7 +121,8 @@ def run_trial(config: dict, base: dict, sweep_id: str, parent: dict) -> None:
         return
     record, _ = ensure_run(spec, run_id)
     run = {**run_context(record, spec), "tune": True}
-    _log_size(record, spec)
+    if base["sweep"].get("method") == "scaling":  # a ladder's axes (torch loads here: seconds per trial)
+        _log_size(record, spec)
     log = RunLog(run, "driver.log", capture=True)
     try:
         result = fit(spec, record, run, callbacks=[_report_callback(TuneReportCallback)])
