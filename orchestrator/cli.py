@@ -90,12 +90,16 @@ def cmd_plan(args) -> int:
 def cmd_launch(args) -> int:
     from orchestrator.launch import launch
 
+    from orchestrator.specload import SpecError, missing_files
+
     spec = _load(args, check_files=False)
-    if spec.sweep is not None:
+    if spec.sweep is not None:  # said before its data is looked at
         raise ValueError(f"{args.spec} has a sweep: section ({spec.sweep.method} over "
                          f"{', '.join(spec.sweep.parameters)}). Hint: run it with `sciscale sweep {args.spec}`; to "
                          "train the base spec once, add --set sweep=null")
-    spec = _checked(_load(args, check_files=not args.cluster), args.spec, args.cluster)
+    if not args.cluster and missing_files(spec):
+        raise SpecError(args.spec, missing_files(spec))
+    spec = _checked(spec, args.spec, args.cluster)
     return launch(spec, run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, verbose=args.verbose)
 
 

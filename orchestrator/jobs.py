@@ -64,13 +64,10 @@ def cmd_status(args) -> int:
 
 def _sweep_status(record, run) -> int:
     """A sweep: its parent run, the trial table and the best trial (orchestrator/sweep_report.py)."""
-    import json
-
+    from orchestrator.sweep import read_base
     from orchestrator.sweep_report import table_lines, trials
 
-    root = absolute_root(record.runs_root)
-    with open(f"{root}/{record.run_id}/sciscale/spec.yaml") as f:
-        sweep = json.load(f)["sweep"]
+    sweep = read_base(record)["sweep"]
     params, metric, mode = list(sweep["parameters"]), sweep.get("metric", "val/loss"), sweep.get("mode", "min")
     print(f"sweep {record.run_id}: {run.info.status} ({sweep.get('method', 'grid')}, attempt {record.attempts + 1})")
     print(f"  mlflow parent run: {record.mlflow_run_id} at {record.tracking_uri}")

@@ -14,13 +14,7 @@ GiB = 1024**3
 
 def count_and_activations(spec: JobSpec) -> tuple[int, int, int | None]:
     """(parameters, trainable parameters, activation bytes per micro-batch or None if not measurable)."""
-    import torch
-
-    from models import load_family
-
-    family = load_family(spec.model.family)
-    with torch.device("meta"):
-        model = family.build_model(spec.model)
+    family, model = _meta_model(spec)
     total = sum(p.numel() for p in model.parameters())
     trainable = total - sum(p.numel() for n, p in model.named_parameters() if any(n.startswith(f) for f in spec.train.freeze))
     return total, trainable, _activation_bytes(model, family, spec)
@@ -29,24 +23,37 @@ def count_and_activations(spec: JobSpec) -> tuple[int, int, int | None]:
 def size_and_flops(spec: JobSpec) -> tuple[int, int | None]:
     """(parameters, FLOPs of one sample's forward and backward as torch's FLOP counter counts them, or None
     where an op has no meta kernel): a scaling ladder's N and its compute per training sample."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models import load_family
-
-    family = load_family(spec.model.family)
-    with torch.device("meta"):
-        model = family.build_model(spec.model)
+    family, model = _meta_model(spec)
     n = sum(p.numel() for p in model.parameters())
     try:
-        batch = family.example_batch(spec.model, 1)
-        batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = _meta_batch(family, spec, 1)
         counter = FlopCounterMode(display=False)
         with counter:
             family.loss(model(batch), batch, spec.model).backward()
         return n, int(counter.get_total_flops()) or None
     except Exception:  # noqa: BLE001 - then C = 6 N D stands in (orchestrator/scaling.py)
         return n, None
+
+
+def _meta_model(spec: JobSpec):
+    """(family, the spec's model built on the meta device: shapes without memory)."""
+    import torch
+
+    from models import load_family
+
+    family = load_family(spec.model.family)
+    with torch.device("meta"):
+        return family, family.build_model(spec.model)
+
+
+def _meta_batch(family, spec: JobSpec, size: int) -> dict:
+    """The family's example batch of ``size`` samples, on the meta device."""
+    import torch
+
+    batch = family.example_batch(spec.model, size)
+    return {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _activation_bytes(model, family, spec: JobSpec) -> int | None:
@@ -60,8 +67,7 @@ def _activation_bytes(model, family, spec: JobSpec) -> int | None:
         return t
 
     try:
-        batch = family.example_batch(spec.model, spec.train.micro_batch_size)
-        batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = _meta_batch(family, spec, spec.train.micro_batch_size)
         dtype = torch.bfloat16 if spec.train.precision == "bf16" else torch.float32
         model.to(dtype)
         batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}

@@ -22,23 +22,26 @@ import json
 import os
 
 from orchestrator.runs import RunRecord, RunState, absolute_root, finish_run, mlflow_client, read_record
-from orchestrator.spec import DATA_AXIS, JobSpec, SweepSpec
+from orchestrator.spec import JobSpec, SweepSpec
 from orchestrator.specload import SpecError, _MISSING, apply_overrides, read_yaml, validate_spec
 
 PARENT_TAG, SWEEP_TAG, KIND_TAG = "mlflow.parentRunId", "sciscale.sweep_id", "sciscale.kind"
-MAX_GRID = 512
+MAX_GRID = 512  # combinations checked one by one before the sweep starts
 # A trial's driver mostly waits on its Train controller: a token CPU share (Tune refuses 0), so that the
 # workers' resources and max_concurrent decide how many trials run at once
-TRIAL_DRIVER_CPU = 0.01  # combinations checked one by one before the sweep starts
+TRIAL_DRIVER_CPU = 0.01
 
 
 # ------------------------------------------------------------------------------------------------ trials
-def grid(sweep: SweepSpec) -> list[dict]:
-    """Every combination of a grid or scaling sweep, num_samples times (Tune's own order: the last parameter
-    varies slowest)."""
+def combinations(sweep: SweepSpec) -> list[dict]:
+    """Every combination of a grid or scaling sweep's values, once."""
     names = list(sweep.parameters)
-    combos = [dict(zip(names, values)) for values in itertools.product(*(sweep.parameters[n].values for n in names))]
-    return combos * sweep.num_samples
+    return [dict(zip(names, values)) for values in itertools.product(*(sweep.parameters[n].values for n in names))]
+
+
+def grid(sweep: SweepSpec) -> list[dict]:
+    """The trials of a grid or scaling sweep: every combination, num_samples times."""
+    return combinations(sweep) * sweep.num_samples
 
 
 def trial_raw(base: dict, values: dict) -> dict:
@@ -52,7 +55,7 @@ def check_trials(base: dict, sweep: SweepSpec, source: str) -> list[dict]:
     """Validate each trial before the sweep starts: every grid combination, or for drawn values each end of
     each range (the others at their lows, then at their highs). Raise one SpecError naming each bad one."""
     if sweep.method in ("grid", "scaling"):
-        probes = grid(sweep)[: len(grid(sweep)) // sweep.num_samples]
+        probes = combinations(sweep)
         if len(probes) > MAX_GRID:
             raise SpecError(source, [("sweep.parameters", _MISSING, f"{len(probes)} combinations; at most "
                                       f"{MAX_GRID} are allowed. Hint: use method random or tpe with num_samples")])
@@ -154,10 +157,11 @@ def _finished(spec: JobSpec, run_id: str) -> dict | None:
     record = read_record(absolute_root(spec.storage.runs_root), run_id, spec.storage)
     if record is None:
         return None
-    run = mlflow_client(record.tracking_uri).get_run(record.mlflow_run_id)
+    client = mlflow_client(record.tracking_uri)
+    run = client.get_run(record.mlflow_run_id)
     if run.info.status != RunState.FINISHED.value:
         return None
-    steps = mlflow_client(record.tracking_uri).get_metric_history(record.mlflow_run_id, "train/loss")
+    steps = client.get_metric_history(record.mlflow_run_id, "train/loss")
     return {**run.data.metrics, "step": max((m.step for m in steps), default=spec.train.max_steps)}
 
 
@@ -286,9 +290,12 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
     experiment = f"{path.rstrip('/')}/{parent.run_id}/tune"
     _ECHO[0] = console.echo
     callbacks = [_console_callback(spec, parent)]
-    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):  # --resume, or a cluster job again
+    restoring = tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)  # --resume, a cluster job again
+    if restoring:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=filesystem, param_space=param_space(s))
+        tuner._local_tuner._run_config.callbacks = callbacks  # a restored Tuner keeps no callbacks
+        tuner._local_tuner._run_config.verbose = 0
     else:
         scheduler = None
         if s.early_stop is not None:
@@ -314,9 +321,6 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
             run_config=tune.RunConfig(name="tune", storage_path=f"{path.rstrip('/')}/{parent.run_id}",
                                       storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=0)))
-    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
-        tuner._local_tuner._run_config.callbacks = callbacks  # a restored Tuner keeps no callbacks
-        tuner._local_tuner._run_config.verbose = 0
     return tuner.fit()
 
 
@@ -352,8 +356,8 @@ def _console_callback(spec: JobSpec, parent: RunRecord):
                 _echo(f"trial {run_id} finished at step {step}: {shown}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            _echo(f"trial {trial_run_id(parent.run_id, trial.trial_id)} FAILED: "
-                         f"`sciscale status {trial_run_id(parent.run_id, trial.trial_id)}` says why")
+            run_id = trial_run_id(parent.run_id, trial.trial_id)
+            _echo(f"trial {run_id} FAILED: `sciscale status {run_id}` says why")
 
     return SweepConsole()
 
@@ -362,21 +366,26 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def read_base(record: RunRecord) -> dict:
+    """A sweep's base spec, its sweep section included, as `sciscale sweep` stored it (any runs root)."""
+    from orchestrator.runs import runs_fs
+
+    fs, path = runs_fs(record.runs_root)
+    with fs.open(f"{path}/{record.run_id}/sciscale/spec.yaml", "r") as f:
+        return json.load(f)
+
+
 # ----------------------------------------------------------------------------------------------- the CLI
 def cmd_sweep(args) -> int:
     from orchestrator.cli import _checked
     from orchestrator.specload import absolutize, load_spec
 
     if args.resume:
-        from orchestrator.runs import runs_fs
-
         root = absolute_root(args.runs_root)
         record = read_record(root, args.resume)
         if record is None or record.kind != "sweep":
             raise ValueError(f"no sweep {args.resume!r} in runs root {root}. Hint: `sciscale ls` lists sweeps")
-        fs, path = runs_fs(root)
-        with fs.open(f"{path}/{args.resume}/sciscale/spec.yaml", "r") as f:
-            base = json.load(f)
+        base = read_base(record)
         source = f"{root}/{args.resume}/sciscale/spec.yaml"
         spec = absolutize(validate_spec(base, source))
         if args.cluster:
