@@ -121,3 +121,7 @@ class Family:
     loads whole before they run (big-model inference, trainers/inference.py). A block must be called through
     its ``forward``; a class whose code reads a child's weights directly (``F.linear(x, self.qkv.weight)``)
     must be listed. The model's own class listed here means the model is never split."""
+    muon_adamw: tuple[str, ...] = ()
+    """Parameter-name keywords (lower case) that take AdamW under ``optim.name: muon``, beside the ones every
+    family shares (embed, norm, head: trainers/optimizers.py MUON_ADAMW). Only 2-D matrices take Muon at all;
+    list here the input projections and output layers of the family's models that are matrices."""

@@ -7,9 +7,9 @@ Schema description), and checks cross-field rules in one ``model_validator(mode=
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from data.spec import DataSpec, StorageSpec
 from models import model_spec_classes
@@ -17,38 +17,112 @@ from models import model_spec_classes
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
-class ScheduleSpec(BaseModel):
-    """Learning-rate schedule: linear warmup, then the chosen decay."""
-
+class _Schedule(BaseModel):
     model_config = _CONFIG
 
-    kind: Literal["constant", "cosine", "linear"] = "cosine"
-    """Decay after warmup: constant, cosine to ``min_lr_ratio * lr``, or linear to it."""
     warmup_steps: int = Field(default=0, ge=0)
     """Optimizer steps of linear warmup from 0 to ``lr``."""
+
+
+class ConstantSchedule(_Schedule):
+    """Linear warmup, then the peak learning rate to the end."""
+
+    kind: Literal["constant"]
+    """Schedule discriminator."""
+
+
+class CosineSchedule(_Schedule):
+    """Linear warmup, then a cosine decay to ``min_lr_ratio * lr``."""
+
+    kind: Literal["cosine"] = "cosine"
+    """Schedule discriminator."""
     min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Final learning rate as a fraction of ``lr`` (cosine and linear)."""
+    """Final learning rate as a fraction of ``lr``."""
 
 
-class OptimSpec(BaseModel):
-    """Optimizer and schedule."""
+class LinearSchedule(_Schedule):
+    """Linear warmup, then a linear decay to ``min_lr_ratio * lr``."""
 
+    kind: Literal["linear"]
+    """Schedule discriminator."""
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Final learning rate as a fraction of ``lr``."""
+
+
+def _tagged(classes: tuple, key: str, default: str) -> Any:
+    """A union of spec sections keyed on ``key``; a section that leaves ``key`` out gets ``default``, so
+    specs written before the union existed validate unchanged."""
+
+    def fill(raw: Any) -> Any:
+        return {key: default, **raw} if isinstance(raw, dict) and key not in raw else raw
+
+    return Annotated[Union[classes], Field(discriminator=key), BeforeValidator(fill)]
+
+
+# The schedule table: one entry per kind (factors in trainers/optimizers.py SCHEDULES)
+SCHEDULES = (ConstantSchedule, CosineSchedule, LinearSchedule)
+ScheduleSpec = _tagged(SCHEDULES, "kind", "cosine")
+
+
+class _Optim(BaseModel):
     model_config = _CONFIG
 
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    """Optimizer (torch implementation, partitioned by DeepSpeed ZeRO)."""
     lr: float = Field(default=1e-3, gt=0)
     """Peak learning rate."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    momentum: float = Field(default=0.9, ge=0)
-    """SGD momentum."""
     weight_decay: float = Field(default=0.0, ge=0)
     """Decoupled weight decay, applied to weight matrices only (not to biases and norms)."""
     grad_clip: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value (null: no clipping)."""
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    """Learning-rate schedule."""
+    schedule: ScheduleSpec = Field(default_factory=CosineSchedule)
+    """Learning-rate schedule, keyed on ``kind``: constant, cosine or linear."""
+
+
+class AdamWSpec(_Optim):
+    """AdamW (torch; DeepSpeedCPUAdam when the optimizer state is offloaded)."""
+
+    name: Literal["adamw"] = "adamw"
+    """Optimizer discriminator."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+
+
+class AdamSpec(_Optim):
+    """Adam with L2-coupled weight decay (torch; DeepSpeedCPUAdam when offloaded)."""
+
+    name: Literal["adam"]
+    """Optimizer discriminator."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+
+
+class SGDSpec(_Optim):
+    """SGD with momentum (torch)."""
+
+    name: Literal["sgd"]
+    """Optimizer discriminator."""
+    momentum: float = Field(default=0.9, ge=0)
+    """SGD momentum."""
+
+
+class MuonSpec(_Optim):
+    """Muon (DeepSpeed's ``MuonWithAuxAdam``): Newton-Schulz-orthogonalised momentum for the hidden 2-D
+    matrices the model family names, AdamW for every other parameter."""
+
+    name: Literal["muon"]
+    """Optimizer discriminator."""
+    lr: float = Field(default=0.02, gt=0)
+    """Peak learning rate of the Muon half (the hidden matrices)."""
+    momentum: float = Field(default=0.95, ge=0, lt=1)
+    """Muon momentum (Nesterov)."""
+    adam_lr: float = Field(default=1e-3, gt=0)
+    """Peak learning rate of the AdamW half (embeddings, norms, biases, heads, spectral and conv weights)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Betas of the AdamW half."""
+
+
+# The optimizer table: one entry per name (builders in trainers/optimizers.py OPTIMIZERS)
+OPTIMIZERS = (AdamWSpec, AdamSpec, SGDSpec, MuonSpec)
+OptimSpec = _tagged(OPTIMIZERS, "name", "adamw")
 
 
 class TrainSpec(BaseModel):
@@ -330,6 +404,12 @@ def _model_union() -> Any:
 
 ModelSpec = _model_union()
 
+# Every keyed section: discriminator -> {tag: section class} (spec error messages name the member a key belongs to)
+TAGGED: dict[str, dict[str, type]] = {
+    key: {get_args(cls.model_fields[key].annotation)[0]: cls for cls in classes}
+    for key, classes in (("family", model_spec_classes()), ("name", OPTIMIZERS), ("kind", SCHEDULES))}
+UNION_TAGS = {tag for members in TAGGED.values() for tag in members}
+
 
 class JobSpec(BaseModel):
     """A sciscale training job."""
@@ -342,7 +422,7 @@ class JobSpec(BaseModel):
     """The model: a family (pde, weather, atoms) with its architecture and size."""
     data: DataSpec
     """Training and validation datasets and the streaming reader."""
-    optim: OptimSpec = Field(default_factory=OptimSpec)
+    optim: OptimSpec = Field(default_factory=AdamWSpec)
     """Optimizer and learning-rate schedule."""
     train: TrainSpec
     """Batch sizes, length, evaluation and checkpointing."""
@@ -367,6 +447,8 @@ class JobSpec(BaseModel):
                 f"be kept ({batch_problem(self, bad[0])}); valid world sizes "
                 f"up to 64: {valid_world_sizes(self) or 'none'}. Hint: make the global batch a multiple of "
                 "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
+        if self.optim.name == "muon":
+            self._check_muon()
         if self.train.nonfinite == "rollback" and self.distributed.max_failures < 1:
             raise ValueError("train.nonfinite=rollback restarts the workers from the last checkpoint: set "
                              "distributed.max_failures >= 1")
@@ -376,6 +458,16 @@ class JobSpec(BaseModel):
         if self.sweep is not None:
             self._check_sweep(self.sweep)
         return self
+
+    def _check_muon(self) -> None:
+        why = getattr(self.model, "no_muon_reason", None)
+        if why:
+            raise ValueError(f"optim.name=muon cannot train this model: {why}. Hint: use optim.name: adamw")
+        offload = [f"distributed.{f}" for f in ("offload_optimizer", "offload_params") if getattr(self.distributed, f)]
+        if offload:
+            raise ValueError(f"optim.name=muon does not run with {' and '.join(offload)}: sciscale offloads only "
+                             "DeepSpeedCPUAdam (adam, adamw), and DeepSpeed's offloaded Muon path is not tested here. "
+                             "Hint: set them to false, or use optim.name: adamw")
 
     def _check_sweep(self, sweep: SweepSpec) -> None:
         """What the sweep needs of the trials (each trial's own values are checked by orchestrator/sweep.py)."""

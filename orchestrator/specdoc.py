@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 
 from pydantic import BaseModel
@@ -12,6 +13,11 @@ from models import model_spec_classes
 
 
 def _type_name(annotation) -> str:
+    members = _models(annotation)
+    for key in ("name", "kind"):
+        if len(members) > 1 and all(key in m.model_fields for m in members):
+            tags = ", ".join(typing.get_args(m.model_fields[key].annotation)[0] for m in members)
+            return f"one of {tags} (keyed on `{key}`)"
     text = str(annotation).replace("typing.", "").replace("NoneType", "null")
     for name in ("orchestrator.spec.", "data.spec.", "<class '", "'>"):
         text = text.replace(name, "")
@@ -49,7 +55,12 @@ def _section(path: str, model: type[BaseModel], seen: set, out: list[str]) -> No
     for name, field in model.model_fields.items():
         desc = " ".join((field.description or "").split()).replace("|", "\\|")
         out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
-        nested += [(f"{path}.{name}" if path else name, m) for m in _models(field.annotation)]
+        members = _models(field.annotation)
+        key = next((k for k in ("name", "kind") if len(members) > 1 and all(k in m.model_fields for m in members)), None)
+        plain = re.sub(r" \([^)]*\)", "", path)  # a keyed member's heading names its tag; its fields do not
+        where = f"{plain}.{name}" if plain else name
+        nested += [(f"{where} ({key} {typing.get_args(m.model_fields[key].annotation)[0]})" if key else where, m)
+                   for m in members]
     out.append("")
     for sub_path, sub in nested:
         _section(sub_path, sub, seen, out)

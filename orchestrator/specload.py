@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.spec import JobSpec
+from orchestrator.spec import TAGGED, UNION_TAGS, JobSpec
 
 SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
 REDACTED = "***"
@@ -141,16 +141,17 @@ def _explain(err: dict, raw: dict) -> tuple[str, Any, str]:
     value = err.get("input", _MISSING)
     if kind == "extra_forbidden":
         allowed = _allowed_fields(loc[:-1], raw)
-        hint = _did_you_mean(str(loc[-1]), allowed)
+        hint = _did_you_mean(str(loc[-1]), allowed) or _owners(loc, raw)
         return path, value, f"unknown key{hint}; allowed keys here: {', '.join(allowed)}"
     if kind == "missing":
         return path, _MISSING, "required field is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        expected = err.get("ctx", {}).get("expected_tags", "")
-        tags = re.findall(r"'([^']+)'", expected)
-        got = err.get("ctx", {}).get("tag", _MISSING)
+        ctx = err.get("ctx", {})
+        key = ctx.get("discriminator", "'family'").strip("'")
+        tags = re.findall(r"'([^']+)'", ctx.get("expected_tags", ""))
+        got = ctx.get("tag", _MISSING)
         hint = _did_you_mean(str(got), tags) if got is not _MISSING else ""
-        return _path(loc + ["family"]), got, f"unknown model family{hint}; expected one of {', '.join(tags)}"
+        return _path(loc + [key]), got, f"unknown {_TAG_WHAT.get(key, key)}{hint}; expected one of {', '.join(tags)}"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         options = re.findall(r"'([^']+)'", expected) or re.findall(r"\d+", expected)
@@ -162,9 +163,29 @@ def _explain(err: dict, raw: dict) -> tuple[str, Any, str]:
     return path, value, message
 
 
+_TAG_WHAT = {"family": "model family", "name": "optimizer", "kind": "schedule kind"}
+
+
 def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in ("pde", "weather", "atoms", "int", "WorkersRange") or (
-        isinstance(part, str) and part.endswith("ModelSpec"))
+    return isinstance(part, str) and (part in UNION_TAGS or part in ("int", "WorkersRange")
+                                      or part.endswith("ModelSpec"))
+
+
+def _owners(loc: list, raw: dict) -> str:
+    """For a key that belongs to another member of a keyed section (betas under optim.name: sgd): which."""
+    section = loc[:-1]
+    node: Any = raw
+    for part in section:
+        node = node[part] if isinstance(node, (dict, list)) and (isinstance(node, dict) and part in node or
+                                                               isinstance(node, list) and part < len(node)) else {}
+    key = next((k for k in _TAG_WHAT if isinstance(node, dict) and k in node), None)
+    members = TAGGED.get(key, {})
+    if not any(node.get(key) == tag for tag in members):
+        return ""
+    owners = [tag for tag, cls in members.items() if str(loc[-1]) in cls.model_fields]
+    if not owners:
+        return ""
+    return f" for {key} {node[key]!r} ({loc[-1]} is a field of {key} {', '.join(owners)})"
 
 
 def _path(loc: list) -> str:
@@ -204,9 +225,10 @@ def _field_model(model: Any, name: str, node: Any) -> Any:
     for arg in list(candidates):
         candidates.extend(get_args(arg))
     models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-    if len(models) > 1 and isinstance(node, dict) and "family" in node:
-        models = [m for m in models if m.model_fields.get("family") is not None
-                  and node["family"] in get_args(m.model_fields["family"].annotation)] or models
+    for key in _TAG_WHAT:
+        if len(models) > 1 and isinstance(node, dict) and key in node:
+            models = [m for m in models if m.model_fields.get(key) is not None
+                      and node[key] in get_args(m.model_fields[key].annotation)] or models
     return models[0] if models else None
 
 

@@ -8,7 +8,8 @@ Commit protocol: each rank saves to a local directory, uploads its files, and wr
 reported its upload, so a crash mid-save leaves the previous checkpoint the latest; on load every commit file
 must be present and every checksum must match, or the load fails naming the file.
 When the world size differs from the one that saved (elastic scaling), ZeRO-partitioned state is converted
-with DeepSpeed's universal checkpointing (``ds_to_universal``) and loaded with ``load_universal``.
+with DeepSpeed's universal checkpointing (``ds_to_universal``, through trainers/universal.py so Muon's state
+converts too) and loaded with ``load_universal``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import tempfile
 import numpy as np
 import torch
 import xxhash
+
+from trainers import universal
 
 STATE_FILE = "trainer_state.json"
 COMMIT_PREFIX = "commit-rank"
@@ -107,6 +110,7 @@ def load(engine, directory: str, rank: int, world: int) -> dict:
             engine._config.load_universal_checkpoint = True  # set in config only at initialize otherwise
             try:
                 engine.load_checkpoint(tmp, tag=tag)
+                universal.restore_muon_momentum(engine, os.path.join(tmp, tag))
             finally:
                 engine._config.load_universal_checkpoint = False
     else:
@@ -120,11 +124,14 @@ def load(engine, directory: str, rank: int, world: int) -> dict:
 
 
 def _to_universal(source: str, target: str) -> None:
-    """DeepSpeed's converter, in a subprocess (it spawns its own worker pool)."""
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", source,
+    """DeepSpeed's converter, able to read Muon's state (trainers/universal.py), in a subprocess (it spawns its
+    own worker pool)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "trainers.universal", "--input_folder", source,
            "--output_folder", target, "--num_extract_workers", "1", "--num_merge_workers", "1",
            "--inject_missing_state"]  # our models carry no universal_checkpoint_info of their own
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR":
-                                                                    os.environ.get("DS_ACCELERATOR", "cpu")})
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={
+        **os.environ, "PYTHONPATH": path, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
     if proc.returncode != 0:
         raise RuntimeError(f"converting {source} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")

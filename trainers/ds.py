@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from orchestrator.spec import DistributedSpec, OptimSpec, TrainSpec
+from trainers import optimizers
 
 
 def grad_accumulation(train: TrainSpec, world_size: int) -> int:
@@ -27,6 +26,8 @@ def ds_config(train: TrainSpec, optim: OptimSpec, dist: DistributedSpec, world_s
     if dist.zero_stage == 3:
         # keep gathered parameters of small models resident; the defaults target billion-parameter models
         zero["stage3_param_persistence_threshold"] = 1e5
+        if optim.name == "muon":  # DeepSpeed's ZeRO-3 Muon orthogonalises full gradients, not scattered shards
+            zero["reduce_scatter"] = False
     return {
         "train_batch_size": train.global_batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
@@ -40,49 +41,15 @@ def ds_config(train: TrainSpec, optim: OptimSpec, dist: DistributedSpec, world_s
     }
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSpec, offload: bool) -> torch.optim.Optimizer:
-    """Weight decay on matrices only; DeepSpeedCPUAdam when the optimizer state is offloaded."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
-    if offload:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=optim.betas, adamw_mode=optim.name == "adamw")
-    cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=optim.lr, betas=optim.betas)
-
-
-def lr_lambda(optim: OptimSpec, max_steps: int):
-    """Multiplier of the peak lr at optimizer step ``s``: linear warmup, then constant/cosine/linear decay."""
-    sched = optim.schedule
-    warm = sched.warmup_steps
-    floor = sched.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if sched.kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, max_steps - warm))
-        if sched.kind == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return floor + (1 - floor) * (1 - progress)
-
-    return factor
-
-
-def initialize(model, train: TrainSpec, optim: OptimSpec, dist: DistributedSpec, world_size: int):
-    """Wrap the model with ``deepspeed.initialize``; returns (engine, optimizer, scheduler)."""
+def initialize(model, train: TrainSpec, optim: OptimSpec, dist: DistributedSpec, world_size: int,
+               muon_adamw: tuple[str, ...] = ()):
+    """Wrap the model with ``deepspeed.initialize``; returns (engine, optimizer, scheduler). The optimizer
+    comes from the table in trainers/optimizers.py; ``muon_adamw`` is the family's list of parameter-name
+    keywords that take AdamW under Muon."""
     import deepspeed
 
-    optimizer = build_optimizer(model, optim, dist.offload_optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, train.max_steps))
+    optimizer = optimizers.build_optimizer(model, optim, dist.offload_optimizer, muon_adamw)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optimizers.lr_lambda(optim, train.max_steps))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=ds_config(train, optim, dist, world_size))

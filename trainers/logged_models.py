@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 
 from orchestrator import lineage, registry
 from orchestrator.specload import flatten, redact
@@ -133,7 +134,19 @@ class ModelLogger:
             linked.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=self.mlflow_run_id,
                                  dataset_name=ref.name if ref else None, dataset_digest=ref.digest if ref else None))
         for i in range(0, len(linked), 1000):
-            self.client.log_batch(self.mlflow_run_id, metrics=linked[i:i + 1000])
+            for attempt in range(4):
+                try:
+                    self.client.log_batch(self.mlflow_run_id, metrics=linked[i:i + 1000])
+                    break
+                except Exception as exc:  # noqa: BLE001 - see below
+                    # The metric uploader may be sending the same points at this moment: MLflow's SQL store
+                    # drops a duplicate only once the other insert has committed, and two concurrent ones fail
+                    # with a UNIQUE-constraint BAD_REQUEST. Sent again, the duplicate is found and dropped.
+                    if attempt == 3:
+                        print(f"could not link {len(linked[i:i + 1000])} metric points to model {model_id}: "
+                              f"{type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    else:
+                        time.sleep(0.5 * 2 ** attempt)
 
 
 # MLflow infers a model's pip requirements by loading it in a subprocess and listing what it imported: 13 s

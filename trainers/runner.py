@@ -70,7 +70,7 @@ class Runner:
         if spec.train.freeze:
             weights.freeze(model, spec.train.freeze)
         self.engine, self.optimizer, self.scheduler = ds.initialize(
-            model, spec.train, spec.optim, spec.distributed, self.world)
+            model, spec.train, spec.optim, spec.distributed, self.world, self.family.muon_adamw)
         self.accum = ds.grad_accumulation(spec.train, self.world)
 
     def _log_init_report(self, report: dict[str, list[str]]) -> None:

@@ -101,5 +101,8 @@ FAMILY = Family(
     eval_suite=EvalSuite(make_transform=make_transform, evaluate=evaluate.evaluate),
     # MACE is never split: Accelerate cannot place mace-torch's buffers, and its load_state_dict hook (the
     # normalisation constants) would not run
+    # Muon: the input projections of raw geometric features (EScAIP's radial and bond-order inputs, MACE's
+    # first radial-MLP layer) take AdamW with the embeddings; MACE's e3nn weights are flat vectors (AdamW)
+    muon_adamw=("edge_in", "boo_in", "conv_tp_weights.layer0"),
     no_split=("NeighborBlock", "MaceModel"),
 )

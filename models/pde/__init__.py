@@ -41,5 +41,8 @@ FAMILY = Family(
     eval_suite=EvalSuite(make_transform=evaluate.make_transform, evaluate=evaluate.evaluate),
     # WindowAttention reads qkv.weight directly, so its SwinLayer is loaded whole; FNO's spectral
     # convolutions are leaves called through forward and split freely
+    # Muon: scOT's continuous position-bias MLP maps 2 coordinates to per-head biases (an embedding);
+    # FNO has no 2-D matrix (1x1 conv kernels and spectral weights), so Muon is refused for it at validation
+    muon_adamw=("cpb",),
     no_split=("SwinLayer", "ConvNeXtBlock", "PatchMerge", "PatchUnmerge"),
 )

@@ -69,6 +69,14 @@ class PdeModelSpec(BaseModel):
     """Recompute block activations in the backward pass (scOT: each Swin/ConvNeXt stage) to save memory."""
 
     @property
+    def no_muon_reason(self) -> str | None:
+        """Why ``optim.name: muon`` cannot train this model, or None (the family's rule: models/pde/__init__.py)."""
+        if self.arch == "fno":
+            return ("model.arch fno has no 2-D weight matrix for Muon: its channel mixing is 1x1 convolution kernels "
+                    "and its spectral weights are complex, both of which take AdamW")
+        return None
+
+    @property
     def out_ch(self) -> int:
         return self.out_channels or self.in_channels
 

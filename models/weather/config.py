@@ -80,6 +80,14 @@ class WeatherModelSpec(BaseModel):
         return self
 
     @property
+    def no_muon_reason(self) -> str | None:
+        """Why ``optim.name: muon`` cannot train this model, or None (the family's rule: models/weather/__init__.py)."""
+        if self.arch == "sfno":
+            return ("model.arch sfno has no 2-D weight matrix for Muon: its channel mixing is 1x1 convolution "
+                    "kernels and its spectral weights are real/imaginary pairs, both of which take AdamW")
+        return None
+
+    @property
     def model_inputs(self) -> list[str]:
         """The variables the model reads, in order."""
         return list(self.in_variables or self.variables)

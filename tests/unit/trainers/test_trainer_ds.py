@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from orchestrator.spec import DistributedSpec, OptimSpec, ScheduleSpec, TrainSpec
-from trainers import ds
+from orchestrator.spec import (AdamWSpec, ConstantSchedule, CosineSchedule, DistributedSpec, LinearSchedule,
+                               SGDSpec, TrainSpec)
+from trainers import ds, optimizers
 
 
 def _train(**kw) -> TrainSpec:
@@ -19,7 +20,7 @@ def _train(**kw) -> TrainSpec:
 @pytest.mark.parametrize("world,accum", [(1, 8), (2, 4), (4, 2), (8, 1)])
 def test_grad_accumulation_keeps_global_batch(world, accum):
     assert ds.grad_accumulation(_train(), world) == accum
-    cfg = ds.ds_config(_train(), OptimSpec(), DistributedSpec(), world)
+    cfg = ds.ds_config(_train(), AdamWSpec(), DistributedSpec(), world)
     assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * world
 
 
@@ -29,28 +30,29 @@ def test_grad_accumulation_rejects_impossible_world():
 
 
 def test_warmup_then_cosine_to_floor():
-    f = ds.lr_lambda(OptimSpec(schedule=ScheduleSpec(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)), 110)
+    f = optimizers.lr_lambda(AdamWSpec(schedule=CosineSchedule(warmup_steps=10, min_lr_ratio=0.1)), 110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(110) == pytest.approx(0.1)
 
 
 def test_linear_and_constant():
-    lin = ds.lr_lambda(OptimSpec(schedule=ScheduleSpec(kind="linear")), 100)
+    lin = optimizers.lr_lambda(AdamWSpec(schedule=LinearSchedule(kind="linear")), 100)
     assert lin(0) == pytest.approx(1.0) and lin(50) == pytest.approx(0.5) and lin(100) == pytest.approx(0.0)
-    const = ds.lr_lambda(OptimSpec(schedule=ScheduleSpec(kind="constant", warmup_steps=4)), 100)
+    const = optimizers.lr_lambda(AdamWSpec(schedule=ConstantSchedule(kind="constant", warmup_steps=4)), 100)
     assert const(1) == pytest.approx(0.5) and const(50) == 1.0
 
 
 def test_weight_decay_only_on_matrices():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    opt = ds.build_optimizer(model, OptimSpec(weight_decay=0.1), offload=False)
-    decays = {len(g["params"]): g["weight_decay"] for g in opt.param_groups}
-    assert decays == {1: 0.1, 3: 0.0}
+    for optim in (AdamWSpec(weight_decay=0.1), SGDSpec(name="sgd", weight_decay=0.1)):
+        opt = optimizers.build_optimizer(model, optim)
+        decays = {len(g["params"]): g["weight_decay"] for g in opt.param_groups}
+        assert decays == {1: 0.1, 3: 0.0}
 
 
 def test_offload_and_zero3_config():
-    cfg = ds.ds_config(_train(precision="bf16"), OptimSpec(grad_clip=None),
+    cfg = ds.ds_config(_train(precision="bf16"), AdamWSpec(grad_clip=None),
                        DistributedSpec(zero_stage=3, offload_optimizer=True, offload_params=True), 2)
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert cfg["zero_optimization"]["offload_param"]["device"] == "cpu"
@@ -73,7 +75,7 @@ def test_engine_learns_at_every_stage(stage, process_group):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     engine, _, sched = ds.initialize(model, _train(global_batch_size=4, micro_batch_size=2, max_steps=30),
-                                     OptimSpec(lr=1e-2), DistributedSpec(zero_stage=stage), 1)
+                                     AdamWSpec(lr=1e-2), DistributedSpec(zero_stage=stage), 1)
     x = torch.randn(64, 4)
     y = x.sum(1, keepdim=True)
     losses = []
