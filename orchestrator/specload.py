@@ -158,6 +158,9 @@ def _explain(err: dict, raw: dict) -> tuple[str, Any, str]:
         hint = _did_you_mean(str(value), options)
         return path, value, f"{msg}{hint}"
     message = msg.removeprefix("Value error, ")
+    named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+)[= ]", message) if not loc else None
+    if named:  # a cross-field rule of the whole spec: shown at the first field its message names
+        path = named.group(1)
     if isinstance(value, dict) and kind == "value_error":
         value = _MISSING  # a cross-field rule: the message names the fields; the whole section is noise
     return path, value, message
