@@ -106,17 +106,6 @@ def test_spectral_and_conv_weights_take_adamw(example):
 
 # --- DeepSpeed engine checks, one rank -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def process_group():
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29541", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                      DS_ACCELERATOR="cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-
-
 class _Net(torch.nn.Module):
     """A hidden 16x16 matrix (Muon) between an input and an output projection named as AdamW takes them."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -57,17 +56,6 @@ def test_offload_and_zero3_config():
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert cfg["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert cfg["bf16"]["enabled"] is True and cfg["gradient_clipping"] == 0.0
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                      DS_ACCELERATOR="cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
