@@ -62,6 +62,8 @@ def _sweep_spec(family: str, work: Path, uri: str, steps: int, train: str, val: 
     raw["train"].update({"max_steps": steps, "log_every": 10, "eval_every": 0, "checkpoint_every": steps,
                          "eval_batches": 2})
     raw["distributed"].update({"workers": 2, "resources_per_worker": {"CPU": 1}})
+    if family == "weather":
+        raw["model"]["rollout_steps"] = 1  # the converted leads end at 24 h
     raw["storage"] = {"runs_root": str(work / "runs")}
     raw["tracking"] = {"uri": uri, "experiment": "bench-optimizers", "system_metrics_every_s": 0}
     schedule = {"kind": "cosine", "warmup_steps": 10}
@@ -116,8 +118,9 @@ def main() -> None:
                                           stdout=sink, stderr=subprocess.STDOUT)
                 if proc.returncode != 0:
                     raise RuntimeError(f"sweep {family} failed:\n{log.read_text()[-4000:]}")
-                print(f"{family}: done", flush=True)
-                table += [(family, *row) for row in _losses(server.endpoint, sweep_id)]
+                rows = [(family, *row) for row in _losses(server.endpoint, sweep_id)]
+                print(f"{family}: {sorted(rows)}", flush=True)
+                table += rows
         finally:
             head.stop()
             server.stop()

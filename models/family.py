@@ -8,6 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MupSpec(BaseModel):
+    """muP (models/mup.py): hidden widths parameterised so that a learning rate tuned at ``base_width`` holds
+    at any width (the model section's ``width``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    base_width: int = Field(ge=2)
+    """The width the learning rate was (or will be) tuned at; the model at this width is standard."""
+
 
 @dataclass(frozen=True)
 class Mismatch:

@@ -449,6 +449,9 @@ class JobSpec(BaseModel):
                 "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
         if self.optim.name == "muon":
             self._check_muon()
+        if getattr(self.model, "mup", None) is not None and self.optim.name == "sgd":
+            raise ValueError("optim.name=sgd with model.mup: muP's learning-rate multipliers here are AdamW's and "
+                             "Muon's. Hint: use optim.name: adamw or muon")
         if self.train.nonfinite == "rollback" and self.distributed.max_failures < 1:
             raise ValueError("train.nonfinite=rollback restarts the workers from the last checkpoint: set "
                              "distributed.max_failures >= 1")

@@ -21,17 +21,21 @@ def _ndim(p: torch.Tensor) -> int:
     return len(getattr(p, "ds_shape", None) or p.shape)
 
 
-def _decay_groups(model: torch.nn.Module, weight_decay: float, params=None) -> list[dict]:
-    """Weight decay on matrices only (not on biases and norms)."""
+def _decay_groups(model: torch.nn.Module, weight_decay: float, lr: float, params=None) -> list[dict]:
+    """Weight decay on matrices only (not on biases and norms); one group per muP learning-rate multiplier
+    (models/mup.py; 1 for every parameter without muP), its ``lr`` the peak rate times the multiplier."""
+    from models.mup import lr_multiplier
+
     named = params if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for _, p in named if _ndim(p) >= 2]
-    no_decay = [p for _, p in named if _ndim(p) < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    groups: dict[tuple[bool, float], list] = {}
+    for _, p in named:
+        groups.setdefault((_ndim(p) >= 2, lr_multiplier(p)), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * mult}
+            for (decay, mult), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def _adam(optim, model, offload: bool, adamw: bool, **_) -> torch.optim.Optimizer:
-    groups = _decay_groups(model, optim.weight_decay)
+    groups = _decay_groups(model, optim.weight_decay, optim.lr)
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -40,7 +44,7 @@ def _adam(optim, model, offload: bool, adamw: bool, **_) -> torch.optim.Optimize
 
 
 def _sgd(optim, model, **_) -> torch.optim.Optimizer:
-    return torch.optim.SGD(_decay_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
+    return torch.optim.SGD(_decay_groups(model, optim.weight_decay, optim.lr), lr=optim.lr, momentum=optim.momentum)
 
 
 def muon_split(model: torch.nn.Module, adamw_keywords: tuple[str, ...]) -> tuple[list, list]:
@@ -69,8 +73,8 @@ def _muon(optim, model, muon_adamw: tuple[str, ...] = (), **_) -> torch.optim.Op
                          "use adamw")
     groups = [{"params": [p for _, p in muon], "use_muon": True, "lr": optim.lr, "momentum": optim.momentum,
                "weight_decay": optim.weight_decay}]
-    for group in _decay_groups(model, optim.weight_decay, adamw):
-        groups.append({**group, "use_muon": False, "lr": optim.adam_lr, "betas": optim.betas, "eps": 1e-8})
+    for group in _decay_groups(model, optim.weight_decay, optim.adam_lr, adamw):
+        groups.append({**group, "use_muon": False, "betas": optim.betas, "eps": 1e-8})
     return MuonWithAuxAdam(groups)
 
 

@@ -65,7 +65,7 @@ class Runner:
             self.family.prepare_model(model, spec.model, read_manifest(url, storage_options(url, spec.storage)))
         if spec.train.init_from:  # the driver pins models:/NAME@ALIAS to the model id it named at launch
             init_from = self.run_info.get("init_from") or spec.train.init_from
-            report = weights.load_initial(model, init_from, self.run_info.get("tracking_uri"))
+            report = weights.load_initial(model, init_from, self.run_info.get("tracking_uri"), spec.model)
             self._log_init_report(report)
         if spec.train.freeze:
             weights.freeze(model, spec.train.freeze)

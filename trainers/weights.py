@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,11 +36,29 @@ def resolve_weights(uri: str, tracking_uri: str | None = None) -> Path:
     return path
 
 
-def load_initial(model: torch.nn.Module, uri: str, tracking_uri: str | None = None) -> dict[str, list[str]]:
-    """Load tensors whose name and shape match; report the rest (they keep their fresh initialisation)."""
+MUP_KEY = "sciscale.mup"  # weights.safetensors metadata: the model.mup the weights were trained with
+
+
+def _mup(model_spec) -> str:
+    mup = getattr(model_spec, "mup", None)
+    return json.dumps(mup.model_dump() if mup is not None else None)
+
+
+def load_initial(model: torch.nn.Module, uri: str, tracking_uri: str | None = None,
+                 model_spec=None) -> dict[str, list[str]]:
+    """Load tensors whose name and shape match; report the rest (they keep their fresh initialisation). Weights
+    trained under muP load only into a model with the same ``model.mup`` (its readout multiplier is part of
+    the function they compute)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    source = load_file(str(resolve_weights(uri, tracking_uri)))
+    path = str(resolve_weights(uri, tracking_uri))
+    with safe_open(path, "pt") as f:
+        trained = (f.metadata() or {}).get(MUP_KEY, "null")
+    if model_spec is not None and trained != _mup(model_spec) and json.loads(trained) is not None:
+        raise ValueError(f"train.init_from {uri} was trained with model.mup {json.loads(trained)} and this spec has "
+                         f"model.mup {json.loads(_mup(model_spec))}. Hint: set model.mup: {json.loads(trained)}")
+    source = load_file(path)
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     report = {
@@ -104,4 +123,5 @@ def write_model(state: dict[str, torch.Tensor], build_model, model_spec, directo
     # pickle (not pt2): forward takes a dict batch
     mlflow.pytorch.save_model(model, directory, code_paths=[str(MODELS_DIR)], serialization_format="pickle",
                               mlflow_model=mlflow_model, pip_requirements=pip_requirements)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(directory, WEIGHTS_FILE))
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(directory, WEIGHTS_FILE),
+              metadata={MUP_KEY: _mup(model_spec)})

@@ -19,6 +19,10 @@ def build_model(spec: PdeModelSpec) -> nn.Module:
         return PdeFNO(spec)
     from models.pde.scot import ScOT
 
+    if spec.mup is not None:
+        from models.mup import parametrize
+
+        return parametrize(ScOT(spec), spec, ScOT)
     return ScOT(spec)
 
 

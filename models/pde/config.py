@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.family import MupSpec
+
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 # Named sizes per architecture; scOT sizes follow Poseidon (T/B/L) plus a ~2.5B "XL" and a CPU "debug".
@@ -58,6 +60,8 @@ class PdeModelSpec(BaseModel):
     width: int | None = Field(default=None, ge=2)
     """Override the named size's hidden width (FNO: hidden_channels; scOT: embed_dim, a multiple of the first
     stage's heads), e.g. to sweep model size in a scaling ladder."""
+    mup: MupSpec | None = None
+    """scOT only: muP against the same model at ``mup.base_width`` (docs/optimizers.md); null: standard."""
     time_stride: int = Field(default=2, ge=1)
     """Keep every k-th stored snapshot; all pairs i <= j of kept snapshots are training samples."""
     max_time_index: int | None = Field(default=None, ge=1)
@@ -96,11 +100,15 @@ class PdeModelSpec(BaseModel):
                                                 or min(self.channel_groups) < 1):
             raise ValueError(f"model.channel_groups {self.channel_groups} must be positive sizes summing to "
                              f"model.out_channels ({self.out_ch})")
+        if self.mup is not None and self.arch != "scot":
+            raise ValueError(f"model.mup is implemented for model.arch scot only (got {self.arch!r}): FNO's "
+                             "spectral weights need a rule of their own. Hint: remove model.mup")
         if self.arch == "scot":
             heads = SCOT_SIZES[self.size]["num_heads"][0]
-            if self.width is not None and self.width % heads:
-                raise ValueError(f"model.width {self.width} must be a multiple of {heads} for scOT size "
-                                 f"{self.size!r} (its first stage has {heads} attention heads)")
+            for field, value in (("width", self.width), ("mup.base_width", self.mup and self.mup.base_width)):
+                if value is not None and value % heads:
+                    raise ValueError(f"model.{field} {value} must be a multiple of {heads} for scOT size "
+                                     f"{self.size!r} (its first stage has {heads} attention heads)")
             patch = SCOT_SIZES[self.size]["patch_size"]
             if self.resolution % (patch * 8):
                 raise ValueError(f"model.resolution {self.resolution} must be a multiple of {patch * 8} for "
