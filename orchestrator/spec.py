@@ -118,6 +118,9 @@ class MuonSpec(_Optim):
     """Peak learning rate of the AdamW half (embeddings, norms, biases, heads, spectral and conv weights)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """Betas of the AdamW half."""
+    grad_clip: float | None = Field(default=None, gt=0)
+    """Must stay null: under ZeRO 1-3 DeepSpeed clips Muon's orthogonalised update, not the gradient, which
+    shrinks the step at those stages only (docs/optimizers.md). Muon's update is normalised by construction."""
 
 
 # The optimizer table: one entry per name (builders in trainers/optimizers.py OPTIMIZERS)
@@ -463,6 +466,11 @@ class JobSpec(BaseModel):
         return self
 
     def _check_muon(self) -> None:
+        if self.optim.grad_clip is not None:
+            raise ValueError(f"optim.grad_clip={self.optim.grad_clip} with optim.name=muon: under ZeRO 1-3 DeepSpeed "
+                             "clips Muon's orthogonalised update rather than the gradient, so the step would shrink "
+                             "at those stages and not at stage 0. Hint: remove optim.grad_clip (Muon's update is "
+                             "normalised by construction)")
         why = getattr(self.model, "no_muon_reason", None)
         if why:
             raise ValueError(f"optim.name=muon cannot train this model: {why}. Hint: use optim.name: adamw")

@@ -9,7 +9,10 @@ Each defect test runs DeepSpeed's own engine in-process (1 rank, gloo, CPU) and 
   1 micro-batch of 2;
 - #8433/#8483 bf16 resume dtype mismatch: a bf16 Muon engine saved and loaded keeps training;
 - #8608 universal-checkpoint conversion KeyError 'exp_avg' (an elastic resize): a Muon checkpoint converts and
-  loads with its momentum intact.
+  loads with its momentum intact;
+- found here: under ZeRO 1-3 DeepSpeed's gradient clipping clips Muon's orthogonalised update (not the gradient),
+  so the step shrinks at those stages and not at stage 0: Muon specs take no grad_clip, and a clipped engine is
+  shown to differ (the check that the refusal guards).
 """
 
 from __future__ import annotations
@@ -51,10 +54,11 @@ def test_fields_of_another_optimizer_are_named(optim, message):
     ("examples/weather/sfno_debug.yaml", {}, "model.arch sfno has no 2-D weight matrix"),
     ("examples/pde/ns_debug_scot.yaml", {"zero_stage": 2, "offload_optimizer": True},
      "does not run with distributed.offload_optimizer"),
+    ("examples/pde/ns_debug_scot.yaml", {"clip": 1.0}, "clips Muon's orthogonalised update"),
 ])
 def test_muon_refused_where_it_cannot_run(example, distributed, message):
     raw = yaml.safe_load(open(os.path.join(ROOT, example)))
-    raw["optim"] = {"name": "muon"}
+    raw["optim"] = {"name": "muon", **({"grad_clip": distributed.pop("clip")} if "clip" in distributed else {})}
     raw.setdefault("distributed", {}).update(distributed)
     with pytest.raises(SpecError, match=message):
         validate_spec(raw)
@@ -122,7 +126,7 @@ class _Net(torch.nn.Module):
 def _engine(stage: int, micro: int, accum: int, precision: str = "fp32", lr: float = 0.02):
     torch.manual_seed(0)
     train = TrainSpec(global_batch_size=micro * accum, micro_batch_size=micro, max_steps=100, precision=precision)
-    optim = MuonSpec(name="muon", lr=lr, adam_lr=1e-3, grad_clip=None, schedule={"kind": "constant"})
+    optim = MuonSpec(name="muon", lr=lr, adam_lr=1e-3, schedule={"kind": "constant"})  # no clip: the default
     engine, optimizer, _ = ds.initialize(_Net(), train, optim, DistributedSpec(zero_stage=stage), 1)
     return engine
 
@@ -189,6 +193,23 @@ def test_newton_schulz_once_per_step_under_accumulation(stage, process_group):
         assert engine.global_steps == 1
         deltas.append(_hidden(engine) - before)
     torch.testing.assert_close(deltas[1], deltas[0], rtol=1e-3, atol=1e-5)
+
+
+def test_clipping_would_shrink_muon_steps_under_zero(process_group):
+    """Why optim.grad_clip is refused with Muon: the same step clipped at 1.0 is smaller under ZeRO-2 than under
+    ZeRO-0, where DeepSpeed clips the raw gradient before Newton-Schulz."""
+    torch.manual_seed(1)
+    x, y = torch.randn(4, 8), torch.randn(4, 4)
+    norms = {}
+    for stage in (0, 2):
+        engine = _engine(stage, micro=4, accum=1)
+        engine._config.gradient_clipping = 1.0  # what a spec's grad_clip would set
+        if hasattr(engine.optimizer, "clip_grad"):
+            engine.optimizer.clip_grad = 1.0
+        before = _hidden(engine)
+        _step(engine, x, y, micro=4)
+        norms[stage] = torch.linalg.vector_norm(_hidden(engine) - before).item()
+    assert norms[2] < 0.8 * norms[0], norms
 
 
 def _momentum(engine) -> torch.Tensor:
