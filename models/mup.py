@@ -15,9 +15,9 @@ rate: the spectral condition of Muon under muP. Attention logits need no 1/d res
 cosine attention (normalised queries and keys with a learnt temperature), bounded whatever the head width.
 
 Nothing but ``model.mup`` is stored beside the weights (weights.safetensors names it in its metadata, so a
-fine-tune from them without the same ``model.mup`` is refused): the multipliers follow from the spec's ``model.mup`` (which a checkpoint,
-a resume and a logged model carry) every time the model is built, so a resume, an elastic restart and a load of
-the logged model reapply them. This is why the ``mup`` package is not used: its base shapes live on the
+fine-tune from them without the same ``model.mup`` is refused): the multipliers follow from the spec's
+``model.mup`` (which a checkpoint, a resume and a logged model carry) every time the model is built, so a
+resume, an elastic restart and a load of the logged model reapply them. This is why the ``mup`` package is not used: its base shapes live on the
 parameters (``infshape``) and are lost on save.
 """
 
@@ -68,8 +68,6 @@ def parametrize(model: nn.Module, spec, build: Callable[[object], nn.Module]) ->
     """Apply muP to ``model`` (built from ``spec``) against the same spec at ``spec.mup.base_width``."""
     with torch.device("meta"):
         base = build(spec.model_copy(update={"width": spec.mup.base_width, "mup": None}))
-    for p in model.parameters():
-        setattr(p, LR_ATTR, 1.0)
     modules = dict(model.named_modules())
     for name, (role, mult) in roles(model, base).items():
         module = modules[name]
