@@ -12,12 +12,20 @@ from orchestrator.spec import JobSpec
 from models import model_spec_classes
 
 
+def _key(members: list) -> str | None:
+    """The discriminator of a keyed section (optim: name, schedule: kind), or None."""
+    return next((k for k in ("name", "kind") if len(members) > 1 and all(k in m.model_fields for m in members)), None)
+
+
+def _tag(member, key: str) -> str:
+    return typing.get_args(member.model_fields[key].annotation)[0]
+
+
 def _type_name(annotation) -> str:
     members = _models(annotation)
-    for key in ("name", "kind"):
-        if len(members) > 1 and all(key in m.model_fields for m in members):
-            tags = ", ".join(typing.get_args(m.model_fields[key].annotation)[0] for m in members)
-            return f"one of {tags} (keyed on `{key}`)"
+    key = _key(members)
+    if key:
+        return f"one of {', '.join(_tag(m, key) for m in members)} (keyed on `{key}`)"
     text = str(annotation).replace("typing.", "").replace("NoneType", "null")
     for name in ("orchestrator.spec.", "data.spec.", "<class '", "'>"):
         text = text.replace(name, "")
@@ -56,11 +64,10 @@ def _section(path: str, model: type[BaseModel], seen: set, out: list[str]) -> No
         desc = " ".join((field.description or "").split()).replace("|", "\\|")
         out.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
         members = _models(field.annotation)
-        key = next((k for k in ("name", "kind") if len(members) > 1 and all(k in m.model_fields for m in members)), None)
+        key = _key(members)
         plain = re.sub(r" \([^)]*\)", "", path)  # a keyed member's heading names its tag; its fields do not
         where = f"{plain}.{name}" if plain else name
-        nested += [(f"{where} ({key} {typing.get_args(m.model_fields[key].annotation)[0]})" if key else where, m)
-                   for m in members]
+        nested += [(f"{where} ({key} {_tag(m, key)})" if key else where, m) for m in members]
     out.append("")
     for sub_path, sub in nested:
         _section(sub_path, sub, seen, out)
