@@ -181,10 +181,12 @@ class Runner:
                 last.update(self._eval_suite())
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
                 self._checkpoint(last)
-            elif self._preempted():
+            elif (why := self._preempted()) is not None:
                 self._checkpoint(last, sync=True)
-                if self._request_answered and self.rank == 0:
-                    resilience.acknowledge_checkpoint_request(self.run_info, self.step)
+                if why == "driver":
+                    if self.rank == 0:
+                        resilience.acknowledge_checkpoint_request(self.run_info, self.step)
+                    self._await_stop()
             self.iteration_s.append(time.perf_counter() - started)  # read by benchmarks/trainer_overhead.py
         last.update(self.evaluate(final=True))
         self._checkpoint(last, final=True)
@@ -280,12 +282,12 @@ class Runner:
         self.nonfinite_skipped += 1
         return False
 
-    def _preempted(self) -> bool:
-        """Every distributed.preemption_check_every steps: did the driver ask for a checkpoint (it got SIGTERM),
-        or did Ray send a drain notice? All ranks agree; each notice is answered once."""
+    def _preempted(self) -> str | None:
+        """Every distributed.preemption_check_every steps: did the driver ask for a checkpoint (it got SIGTERM:
+        "driver"), or did Ray send a drain notice ("notice")? All ranks agree; each is answered once."""
         every = self.spec.distributed.preemption_check_every
         if not every or self.step % every:
-            return False
+            return None
         # rank 0 reads the request; the collective below tells the others
         asked = (self.rank == 0 and self.run_info.get("runs_root") and not self._request_answered
                  and resilience.checkpoint_request(self.run_info) is not None)
@@ -295,12 +297,20 @@ class Runner:
         if flag.item() > 0:
             self._request_answered = True
             self.say(f"checkpoint requested by the driver: checkpointing at step {self.step}")
-            return True
+            return "driver"
         if self._preemption_saved or resilience.preemption_notice() is None:
-            return False
+            return None
         self._preemption_saved = True
         self.say(f"preemption notice: checkpointing at step {self.step}")
-        return True
+        return "notice"
+
+    def _await_stop(self) -> None:
+        """The driver asked for that checkpoint because it is stopping: train no further (steps past it would
+        only be trained and logged again on resume) until it stops the group, or its grace period is over."""
+        grace = self.spec.distributed.preemption_grace_s
+        self.say(f"checkpoint of step {self.step} saved; waiting for the driver to stop the run")
+        time.sleep(grace + 30)  # the driver stops at grace_s at the latest
+        self.say(f"the driver did not stop the run in {grace + 30:.0f} s; training on")
 
     def say(self, text: str) -> None:
         """A line in this worker's log and, from rank 0, on the driver's console."""

@@ -239,8 +239,8 @@ def test_driver_and_ray_killed_then_resume(reference, ns_local, mlflow_server, t
 
 
 def test_sigterm_checkpoints_within_grace_then_resume(reference, ns_local, ray_head, mlflow_server, tmp_path):
-    """SIGTERM to the driver: the workers checkpoint at their next preemption check, the driver stops once
-    that checkpoint is committed (run KILLED), and `sciscale resume` finishes the same run bitwise."""
+    """SIGTERM to the driver: the workers checkpoint at their next preemption check and wait, the driver stops
+    once that checkpoint is committed (run KILLED), and `sciscale resume` finishes the same run bitwise."""
     faults, env = _faults(tmp_path, "step@33")
     runs = tmp_path / "runs"
     argv = _argv(str(ns_local), runs, mlflow_server.endpoint, "sigterm",
@@ -258,6 +258,9 @@ def test_sigterm_checkpoints_within_grace_then_resume(reference, ns_local, ray_h
     out = proc.log.read_text()
     assert proc.returncode == 130, out[-4000:]
     assert "checkpoint of step 35 committed; stopping" in out, out[-4000:]
+    # having answered the request the workers train no further (steps past 35 would be committed and resumed from)
+    assert "checkpoint of step 35 saved; waiting for the driver to stop the run" in out, out[-4000:]
+    assert "did not stop the run" not in out, out[-4000:]
     assert _run(mlflow_server.endpoint, "sigterm").info.status == "KILLED"
     resume = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "sigterm", "--runs-root", str(runs)],
                             env=_env(ray_head), cwd=ROOT, capture_output=True, text=True, timeout=600)
