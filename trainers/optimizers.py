@@ -13,6 +13,7 @@ import torch
 
 # Parameter-name keywords that take AdamW under Muon in every family (a family adds its own, Family.muon_adamw)
 MUON_ADAMW = ("embed", "norm", "head")
+ADAM_EPS = 1e-8  # torch's default; under muP each group's is this times its learning-rate multiplier
 
 
 def _ndim(p: torch.Tensor) -> int:
@@ -23,14 +24,16 @@ def _ndim(p: torch.Tensor) -> int:
 
 def _decay_groups(model: torch.nn.Module, weight_decay: float, lr: float, params=None) -> list[dict]:
     """Weight decay on matrices only (not on biases and norms); one group per muP learning-rate multiplier
-    (models/mup.py; 1 for every parameter without muP), its ``lr`` the peak rate times the multiplier."""
+    (models/mup.py; 1 for every parameter without muP), its ``lr`` the peak rate times the multiplier, and so
+    its Adam epsilon: muP shrinks hidden gradients with width, and a fixed epsilon then outweighs them and
+    stalls the widest layers (scOT debug's last stage: mean |gradient| 1e-7 at 1x, 7e-10 at 8x width)."""
     from models.mup import lr_multiplier
 
     named = params if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups: dict[tuple[bool, float], list] = {}
     for _, p in named:
         groups.setdefault((_ndim(p) >= 2, lr_multiplier(p)), []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * mult}
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * mult, "eps": ADAM_EPS * mult}
             for (decay, mult), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
@@ -74,7 +77,7 @@ def _muon(optim, model, muon_adamw: tuple[str, ...] = (), **_) -> torch.optim.Op
     groups = [{"params": [p for _, p in muon], "use_muon": True, "lr": optim.lr, "momentum": optim.momentum,
                "weight_decay": optim.weight_decay}]
     for group in _decay_groups(model, optim.weight_decay, optim.adam_lr, adamw):
-        groups.append({**group, "use_muon": False, "betas": optim.betas, "eps": 1e-8})
+        groups.append({**group, "use_muon": False, "betas": optim.betas})
     return MuonWithAuxAdam(groups)
 
 

@@ -77,9 +77,8 @@ FAMILY = Family(
     plots=plots,
     derived_metrics=derived_metrics,
     eval_suite=EvalSuite(make_transform=evaluate.make_transform, evaluate=evaluate.evaluate),
-    # nn.MultiheadAttention (ClimaX's variable aggregation) uses out_proj.weight without calling out_proj
     # Muon: ClimaX's patch, variable and lead-time embeddings and its head match the shared keywords; SFNO has
     # no 2-D matrix (1x1 conv kernels and spectral weights), so Muon is refused for it at validation
     muon_adamw=(),
-    no_split=("Block", "MultiheadAttention", "SphericalFourierNeuralOperatorBlock"),
+    no_split=("Block", "VariablePool", "SphericalFourierNeuralOperatorBlock"),
 )

@@ -25,11 +25,12 @@ from models.weather.config import CLIMAX_SIZES, WeatherModelSpec
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with fused scaled-dot-product attention."""
+    """Pre-norm transformer block with fused scaled-dot-product attention (logits times ``scale``; default
+    1/sqrt(head width))."""
 
-    def __init__(self, dim: int, heads: int, drop_path: float, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, heads: int, drop_path: float, mlp_ratio: float = 4.0, scale: float | None = None):
         super().__init__()
-        self.heads = heads
+        self.heads, self.scale = heads, scale
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -41,7 +42,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         x = x + self._drop(self.proj(attn.transpose(1, 2).reshape(b, n, d)))
         return x + self._drop(self.mlp(self.norm2(x)))
 
@@ -53,12 +54,41 @@ class Block(nn.Module):
         return y * mask / keep
 
 
+class VariablePool(nn.Module):
+    """Cross-attention of one query over the variables of each patch: torch's MultiheadAttention (the same
+    parameters under the same names, so its checkpoints load) with the attention ``scale`` it cannot take."""
+
+    def __init__(self, dim: int, heads: int, scale: float | None = None):
+        super().__init__()
+        self.heads, self.scale = heads, scale
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # torch's MultiheadAttention's initialisation
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[b or 1, 1, D] query, [b, V, D] tokens -> [b, 1, D]. One query for all is projected once (not
+        expanded first: a linear layer on a stride-0 input rounds differently with and without gradients)."""
+        w, bias = self.in_proj_weight.chunk(3), self.in_proj_bias.chunk(3)
+        b, d = tokens.shape[0], tokens.shape[-1]
+        q = F.linear(query, w[0], bias[0]).expand(b, -1, -1)
+        k, v = F.linear(tokens, w[1], bias[1]), F.linear(tokens, w[2], bias[2])
+        q, k, v = (x.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out_proj(out.transpose(1, 2).reshape(b, -1, d))
+
+
 class ClimaX(nn.Module):
     """forward(batch) with ``inputs`` [b, T, V_in, H, W] and ``lead_hours`` [b] -> [b, V_out, H, W]."""
 
     def __init__(self, spec: WeatherModelSpec):
         super().__init__()
         dim, depth, heads, decoder_depth = CLIMAX_SIZES[spec.size]
+        dim = spec.width or dim
+        # muP: attention logits scaled by 1/head width (Tensor Programs V), equal to 1/sqrt at the base width
+        scale = None if spec.mup is None else math.sqrt(spec.mup.base_width // heads) / (dim // heads)
         self.patch, self.grid, self.residual = spec.patch, tuple(spec.grid), spec.residual
         self.poles = spec.has_poles
         self.padded = tuple(n + (-n) % self.patch for n in self.grid)
@@ -70,9 +100,9 @@ class ClimaX(nn.Module):
         self.register_buffer(
             "out_in_pos", torch.tensor([spec.model_inputs.index(v) for v in spec.model_outputs]), persistent=False
         )
-        self._build_embeddings(len(vocab), spec.history, dim, heads)
+        self._build_embeddings(len(vocab), spec.history, dim, heads, scale)
         rates = [spec.drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(dim, heads, r) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, heads, r, scale=scale) for r in rates)
         self.norm = nn.LayerNorm(dim)
         self._build_head(len(vocab), dim, decoder_depth)
         self.apply(_init_weights)
@@ -81,14 +111,14 @@ class ClimaX(nn.Module):
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
 
-    def _build_embeddings(self, vocab: int, history: int, dim: int, heads: int) -> None:
+    def _build_embeddings(self, vocab: int, history: int, dim: int, heads: int, scale: float | None) -> None:
         p = self.patch
         fan_in = history * p * p
         self.patch_weight = nn.Parameter(torch.randn(vocab, fan_in, dim) / math.sqrt(fan_in))
         self.patch_bias = nn.Parameter(torch.zeros(vocab, dim))
         self.var_embed = nn.Parameter(_sincos_1d(dim, torch.arange(vocab, dtype=torch.float32)))
         self.var_query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.var_agg = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.var_agg = VariablePool(dim, heads, scale)
         h, w = self.padded[0] // p, self.padded[1] // p
         self.register_buffer("pos_embed", _sincos_2d(dim, h, w))
         self.lead_embed = nn.Linear(1, dim)
@@ -136,7 +166,7 @@ class ClimaX(nn.Module):
         """Cross-attention of a learned query over the variables of each patch: [b, V, L, D] -> [b, L, D]."""
         b, v, n, d = tokens.shape
         kv = tokens.permute(0, 2, 1, 3).reshape(b * n, v, d)
-        out, _ = self.var_agg(self.var_query.expand(b * n, 1, d), kv, kv, need_weights=False)
+        out = self.var_agg(self.var_query, kv)
         return out.reshape(b, n, d)
 
     def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,5 +226,9 @@ def _sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
 
 
 def build_climax(spec: WeatherModelSpec) -> ClimaX:
-    """The ClimaX model of ``spec``."""
+    """The ClimaX model of ``spec`` (muP applied when ``model.mup`` is set: models/mup.py)."""
+    if spec.mup is not None:
+        from models.mup import parametrize
+
+        return parametrize(ClimaX(spec), spec, ClimaX)
     return ClimaX(spec)

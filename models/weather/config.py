@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.family import MupSpec
 
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
@@ -65,6 +68,11 @@ class WeatherModelSpec(BaseModel):
     """Predict the change from the last input step (the model starts as persistence and learns the tendency)."""
     drop_path: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Stochastic depth rate of the last block (linearly increasing from 0)."""
+    width: int | None = Field(default=None, ge=4)
+    """ClimaX only: override the named size's embedding width (whole heads, a multiple of 4), e.g. to sweep
+    model size in a scaling ladder or in a learning-rate transfer study."""
+    mup: MupSpec | None = None
+    """ClimaX only: muP against the same model at ``mup.base_width`` (docs/optimizers.md); null: standard."""
 
     @model_validator(mode="after")
     def _check_variables(self) -> "WeatherModelSpec":
@@ -74,6 +82,16 @@ class WeatherModelSpec(BaseModel):
             raise ValueError("model.variables lists a variable twice; each name must appear once")
         if min(self.grid) < 2:
             raise ValueError(f"model.grid {tuple(self.grid)}: expected at least 2 latitudes and 2 longitudes")
+        if self.arch == "sfno" and (self.width is not None or self.mup is not None):
+            raise ValueError("model.width and model.mup are implemented for model.arch climax only (SFNO's spectral "
+                             "weights need a rule of their own). Hint: remove them or use arch: climax")
+        heads = CLIMAX_SIZES[self.size][2]
+        step = math.lcm(heads, 4)  # whole heads; the 2-D sin-cos position embedding splits the width in four
+        for field, value in (("width", self.width), ("mup.base_width", self.mup and self.mup.base_width)):
+            if value is not None and value % step:
+                raise ValueError(f"model.{field} {value} must be a multiple of {step} for ClimaX size "
+                                 f"{self.size!r} ({heads} attention heads; the sin-cos position embedding "
+                                 f"needs a multiple of 4)")
         if self.arch == "climax" and self.patch > min(self.grid):
             raise ValueError(f"model.patch_size {self.patch} exceeds the smaller side of model.grid "
                              f"{tuple(self.grid)}; choose a patch size of at most {min(self.grid)}")

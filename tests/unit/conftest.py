@@ -61,6 +61,46 @@ def train_steps():
     return few_training_steps
 
 
+def mup_coordinates(family_name: str, spec, watched: tuple[str, ...], *, steps: int = 3,
+                    lr: float = 1e-2) -> dict[str, float]:
+    """muP's coordinate check for one width: the output RMS of each ``watched`` layer after ``steps`` AdamW
+    steps (the project's optimizer builder, so muP's learning-rate multipliers apply) on one synthetic batch,
+    and the RMS change of the model's output over those steps."""
+    import torch
+
+    from models import load_family
+    from orchestrator.spec import AdamWSpec
+    from trainers.optimizers import build_optimizer
+
+    family = load_family(family_name)
+    torch.manual_seed(0)
+    model = family.build_model(spec)
+    opt = build_optimizer(model, AdamWSpec(lr=lr))
+    torch.manual_seed(1)  # the same batch at every width
+    batch = family.example_batch(spec, 4)
+    rms: dict[str, float] = {}
+    for name, module in model.named_modules():
+        if name in watched:
+            module.register_forward_hook(lambda m, i, o, n=name: rms.__setitem__(n, o.float().pow(2).mean().sqrt().item()))
+    with torch.no_grad():
+        start = model(batch)
+    for _ in range(steps):
+        loss = family.loss(model(batch), batch, spec)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        end = model(batch)
+    assert set(rms) == set(watched), f"layers {set(watched) - set(rms)} not found"
+    return {**rms, "output change": (end - start).pow(2).mean().sqrt().item()}
+
+
+@pytest.fixture
+def coordinates():
+    """:func:`mup_coordinates`, as a fixture."""
+    return mup_coordinates
+
+
 def smooth_field(lat, lon, hours, offset: float) -> "np.ndarray":
     """[T, H, W] values that are a function of the coordinates alone (periodic in longitude), so a test can
     check any orientation of a converted grid against the coordinates it was given."""
