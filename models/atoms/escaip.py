@@ -128,7 +128,7 @@ class EScAIP(nn.Module):
         out = {"forces": forces}
         if self.predict_stress:
             pair = torch.einsum("nk,nkc,nkd->ncd", heads[..., 1] * length, unit, unit)
-            stress = torch.zeros_like(cell).index_add(0, batch["batch"], pair)
+            stress = torch.zeros_like(cell).index_add(0, batch["batch"], pair.to(cell.dtype))  # bf16 under autocast
             out["stress"] = stress / volumes(cell)[:, None, None]
         return out
 
