@@ -116,7 +116,7 @@ def cmd_resume(args) -> int:
 
     root = absolute_root(args.runs_root)
     source = f"{root}/{args.run_id}/sciscale/spec.yaml"
-    spec = load_spec(source, args.overrides, check_files=not args.cluster) if "://" not in root else None
+    spec = load_spec(source, args.overrides, check_files=not args.cluster, recorded=True) if "://" not in root else None
     if spec is None:
         raise ValueError("resume from an s3:// runs root: pass the spec to `sciscale launch SPEC --run-id RUN`")
     return launch(_checked(spec, source, args.cluster), run_id=args.run_id, cluster=args.cluster,

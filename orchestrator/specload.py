@@ -116,15 +116,42 @@ def _index(node: list, key: str, trail: list[str], source: str) -> int:
     return int(key)
 
 
-def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True) -> JobSpec:
-    """Read, override and validate a spec; raise SpecError with every problem found."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True,
+              recorded: bool = False) -> JobSpec:
+    """Read, override and validate a spec; raise SpecError with every problem found. ``recorded``: the spec a
+    run recorded, which an earlier sciscale may have written (:func:`upgrade_recorded`)."""
+    raw = read_yaml(path)
+    raw = apply_overrides(upgrade_recorded(raw) if recorded else raw, overrides or [])
     spec = absolutize(validate_spec(raw, str(path)))
     if check_files:
         problems = missing_files(spec)
         if problems:
             raise SpecError(str(path), problems)
     return spec
+
+
+# Fields every optimizer and every schedule carried before ``optim`` and ``optim.schedule`` became tables keyed on
+# ``name`` and ``kind``; a run recorded then has them all filled in (dump_spec writes every default).
+_SHARED_BEFORE_TABLES = {"name": ("betas", "momentum"), "kind": ("min_lr_ratio",)}
+
+
+def upgrade_recorded(raw: dict) -> dict:
+    """A spec recorded beside a run by an earlier sciscale, in today's shape, so the run resumes: each field of
+    :data:`_SHARED_BEFORE_TABLES` is dropped where the chosen optimizer or schedule has none (it had no effect
+    there: an AdamW run's momentum, a constant schedule's min_lr_ratio). Anything else is left to validation."""
+    optim = raw.get("optim")
+    sections = [optim, optim.get("schedule")] if isinstance(optim, dict) else []
+    for section, (key, default) in zip(sections, (("name", "adamw"), ("kind", "cosine"))):
+        member = TAGGED[key].get(section.get(key, default)) if isinstance(section, dict) else None
+        for field in _SHARED_BEFORE_TABLES[key] if member else ():
+            if field not in member.model_fields:
+                section.pop(field, None)
+    return raw
+
+
+def validate_recorded(raw: dict, source: str) -> JobSpec:
+    """Validate a spec that sciscale wrote (beside a run, a checkpoint or a logged model), perhaps an earlier one."""
+    return validate_spec(upgrade_recorded(raw), source)
 
 
 def validate_spec(raw: dict, source: str = "spec") -> JobSpec:

@@ -23,7 +23,7 @@ import os
 
 from orchestrator.runs import RunRecord, RunState, absolute_root, finish_run, mlflow_client, read_record
 from orchestrator.spec import JobSpec, SweepSpec
-from orchestrator.specload import SpecError, _MISSING, apply_overrides, read_yaml, validate_spec
+from orchestrator.specload import SpecError, _MISSING, apply_overrides, read_yaml, upgrade_recorded, validate_spec
 
 PARENT_TAG, SWEEP_TAG, KIND_TAG = "mlflow.parentRunId", "sciscale.sweep_id", "sciscale.kind"
 MAX_GRID = 512  # combinations checked one by one before the sweep starts
@@ -385,7 +385,7 @@ def cmd_sweep(args) -> int:
         record = read_record(root, args.resume)
         if record is None or record.kind != "sweep":
             raise ValueError(f"no sweep {args.resume!r} in runs root {root}. Hint: `sciscale ls` lists sweeps")
-        base = read_base(record)
+        base = upgrade_recorded(read_base(record))  # its trials are made from it
         source = f"{root}/{args.resume}/sciscale/spec.yaml"
         spec = absolutize(validate_spec(base, source))
         if args.cluster:

@@ -126,9 +126,9 @@ def _run_artifacts(run_id: str, path: str, tracking: str) -> tuple[str, str] | N
 
 
 def _from_meta(meta: dict, weights: str, label: str, ids: dict) -> ModelSource:
-    from orchestrator.specload import validate_spec
+    from orchestrator.specload import validate_recorded
 
-    spec = validate_spec(meta["spec"], f"{label} ({SCISCALE_JSON})")
+    spec = validate_recorded(meta["spec"], f"{label} ({SCISCALE_JSON})")
     ids = {**ids, "mlflow_run_id": meta.get("mlflow_run_id") or ids.get("mlflow_run_id")}
     step = meta.get("step")
     return ModelSource(spec, weights, label, int(step) if step is not None else None, ids, "mlflow")
@@ -137,10 +137,10 @@ def _from_meta(meta: dict, weights: str, label: str, ids: dict) -> ModelSource:
 def _spec_file(path: str, label: str):
     import yaml
 
-    from orchestrator.specload import validate_spec
+    from orchestrator.specload import validate_recorded
 
     with open(path) as f:
-        return validate_spec(yaml.safe_load(f), f"{label} (spec.yaml)")
+        return validate_recorded(yaml.safe_load(f), f"{label} (spec.yaml)")
 
 
 _CACHE: list[Path] = []

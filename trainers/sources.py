@@ -197,7 +197,7 @@ def _read_spec(url: str, storage, what: str):
     import yaml
 
     from data.storage import open_url
-    from orchestrator.specload import validate_spec
+    from orchestrator.specload import validate_recorded
 
     fs, path = open_url(url, storage)
     if not fs.exists(path):
@@ -205,7 +205,7 @@ def _read_spec(url: str, storage, what: str):
                          "beside every run. Hint: a checkpoint must stay inside its run directory "
                          "RUNS_ROOT/RUN_ID/ (its spec is ../sciscale/spec.yaml)")
     with fs.open(path, "r") as f:
-        return validate_spec(yaml.safe_load(f), url)
+        return validate_recorded(yaml.safe_load(f), url)
 
 
 def _exists(url: str, storage) -> bool:

@@ -171,3 +171,30 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
 
 def test_at_least_thirty_invalid_cases():
     assert len([c for c in CASES if c[3] is not None]) >= 30
+
+
+@pytest.mark.parametrize("optim,dropped", [
+    ({"name": "adamw", "schedule": {"kind": "constant"}}, {"momentum", "min_lr_ratio"}),
+    ({"name": "sgd", "schedule": {"kind": "cosine"}}, {"betas"}),
+])
+def test_run_recorded_before_the_optimizer_table_resumes(optim, dropped, tmp_path):
+    """A run recorded before optim became a table keyed on name has every optimizer's and every schedule's field
+    filled in (dump_spec writes all defaults). Its record resumes: the fields its optimizer or schedule has no
+    use for are dropped, the others kept; a spec a user writes with them is still refused."""
+    from orchestrator.specload import SpecError, load_spec, validate_recorded, validate_spec
+
+    old_optim = {"lr": 3e-3, "betas": [0.8, 0.99], "momentum": 0.9, "weight_decay": 0.01, "grad_clip": 1.0,
+                 **optim, "schedule": {"warmup_steps": 5, "min_lr_ratio": 0.1, **optim["schedule"]}}
+    old = {**BASE, "optim": old_optim}
+    with pytest.raises(SpecError):
+        validate_spec(copy.deepcopy(old))
+    spec = validate_recorded(copy.deepcopy(old), "run record")
+    kept = {k: v for k, v in old_optim.items() if k not in dropped and k != "schedule"}
+    assert {k: getattr(spec.optim, k) for k in kept} == {**kept, **({"betas": (0.8, 0.99)} if "betas" in kept else {})}
+    assert spec.optim.schedule.warmup_steps == 5
+    assert not any(hasattr(spec.optim, f) or hasattr(spec.optim.schedule, f) for f in dropped)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert load_spec(path, check_files=False, recorded=True).optim == spec.optim  # the path `sciscale resume` takes
+    with pytest.raises(SpecError):
+        load_spec(path, check_files=False)
