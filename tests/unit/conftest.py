@@ -81,7 +81,8 @@ def mup_coordinates(family_name: str, spec, watched: tuple[str, ...], *, steps: 
     rms: dict[str, float] = {}
     for name, module in model.named_modules():
         if name in watched:
-            module.register_forward_hook(lambda m, i, o, n=name: rms.__setitem__(n, o.float().pow(2).mean().sqrt().item()))
+            module.register_forward_hook(
+                lambda m, i, o, n=name: rms.__setitem__(n, o.float().pow(2).mean().sqrt().item()))
     with torch.no_grad():
         start = model(batch)
     for _ in range(steps):
@@ -95,10 +96,19 @@ def mup_coordinates(family_name: str, spec, watched: tuple[str, ...], *, steps: 
     return {**rms, "output change": (end - start).pow(2).mean().sqrt().item()}
 
 
+def coordinate_tables(family_name: str, spec_of, widths: list[int], watched: tuple[str, ...]) -> tuple[dict, dict]:
+    """:func:`mup_coordinates` at each width, standard (``spec_of(width, False)``) and muP (``spec_of(width,
+    True)``): two tables width -> coordinates, printed for the test log."""
+    tables = tuple({w: mup_coordinates(family_name, spec_of(w, mup), watched) for w in widths} for mup in (False, True))
+    for table in tables:
+        print({w: {k: round(v, 4) for k, v in c.items()} for w, c in table.items()})
+    return tables
+
+
 @pytest.fixture
 def coordinates():
-    """:func:`mup_coordinates`, as a fixture."""
-    return mup_coordinates
+    """:func:`coordinate_tables`, as a fixture."""
+    return coordinate_tables
 
 
 def smooth_field(lat, lon, hours, offset: float) -> "np.ndarray":

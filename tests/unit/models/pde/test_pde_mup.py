@@ -31,10 +31,7 @@ def test_coordinate_check(coordinates):
     without muP's scaling of Adam's epsilon the last stage's shrank 3x). 1x differs: its readout's initial part,
     which muP's 1/width readout multiplier shrinks, and its head width of 2."""
     widths = [BASE * k for k in (1, 2, 4, 8)]
-    standard = {w: coordinates("pde", _spec(w, mup=False), WATCHED) for w in widths}
-    mup = {w: coordinates("pde", _spec(w, mup=True), WATCHED) for w in widths}
-    print({w: {k: round(v, 4) for k, v in c.items()} for w, c in standard.items()})
-    print({w: {k: round(v, 4) for k, v in c.items()} for w, c in mup.items()})
+    standard, mup = coordinates("pde", _spec, widths, WATCHED)
     lo, hi = widths[0], widths[-1]
     assert standard[hi]["encoder.3.layers.0.mlp.2"] > 4 * standard[lo]["encoder.3.layers.0.mlp.2"]
     assert standard[hi]["output change"] > 1.4 * standard[lo]["output change"]

@@ -29,10 +29,7 @@ def test_coordinate_check(coordinates):
     initial spread, which for the Xavier-initialised variable pooling is not a constant std): every layer
     stays within a factor 1.6 over all widths, neither growing nor shrinking."""
     widths = [BASE * k for k in (1, 2, 4, 8)]
-    standard = {w: coordinates("weather", _spec(w, mup=False), WATCHED) for w in widths}
-    mup = {w: coordinates("weather", _spec(w, mup=True), WATCHED) for w in widths}
-    print({w: {k: round(v, 4) for k, v in c.items()} for w, c in standard.items()})
-    print({w: {k: round(v, 4) for k, v in c.items()} for w, c in mup.items()})
+    standard, mup = coordinates("weather", _spec, widths, WATCHED)
     lo, hi = widths[0], widths[-1]
     assert standard[hi]["blocks.2.mlp.2"] > 2 * standard[lo]["blocks.2.mlp.2"]
     assert standard[hi]["output change"] > 1.4 * standard[lo]["output change"]
