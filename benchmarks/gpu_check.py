@@ -10,8 +10,8 @@ and the micro-batch as written there) with the family's own builder, synthetic b
 - the median step time of bf16 steps through ``deepspeed.initialize`` with ZeRO-2 on one rank, the config
   from trainers/ds.py plus an ``Adam`` optimizer section, so DeepSpeed builds its FusedAdam on CUDA (the
   optimizer column names what it built; where FusedAdam cannot be built, torch's AdamW(fused=True) is passed
-  instead and the note says why); forward and loss run under ``torch.autocast`` bf16 (DeepSpeed's
-  ``torch_autocast`` section: fp32 weights and master copy, bf16 matmuls);
+  instead and the note says why); ``train.precision: bf16`` as the trainer runs it (DeepSpeed's
+  ``torch_autocast`` section: fp32 weights and optimizer state, the forward under bf16 autocast);
 - TFLOP/s = FLOPs / step time, MFU = TFLOP/s / the device's dense bf16 peak (PEAK_TFLOPS below; n/a for a
   device not in the table), and the peak memory of the steps.
 With more than one GPU, NCCL all-reduce of 256 MiB bf16 tensors, one process per GPU: bus bandwidth
@@ -136,12 +136,8 @@ def _engine(model, spec, fused_problem: str | None):
     from trainers import ds
 
     micro = spec.train.micro_batch_size
-    train = TrainSpec(global_batch_size=micro, micro_batch_size=micro, max_steps=10**6, precision="fp32")
+    train = TrainSpec(global_batch_size=micro, micro_batch_size=micro, max_steps=10**6, precision="bf16")
     config = ds.ds_config(train, spec.optim, DistributedSpec(zero_stage=2), world_size=1)
-    # not DeepSpeed's bf16 section: that casts the weights, not the fp32 batch, and switches an outer
-    # torch.autocast off inside the engine on CUDA; its torch_autocast section keeps fp32 weights and runs the
-    # forward under bf16 autocast
-    config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     hyper = {"lr": spec.optim.lr, "betas": list(spec.optim.betas), "weight_decay": spec.optim.weight_decay}
     if fused_problem is None:
         config["optimizer"] = {"type": "Adam", "params": {**hyper, "adam_w_mode": True}}
@@ -159,8 +155,7 @@ def _time_steps(engine, family, batch: dict, spec, device: torch.device, warmup:
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = family.loss(engine(batch), batch, spec.model)
+        loss = family.loss(engine(batch), batch, spec.model)  # as trainers/runner.py: the loss outside autocast
         engine.backward(loss)
         engine.step()
         _sync(device)

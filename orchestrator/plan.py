@@ -68,6 +68,8 @@ def _activation_bytes(model, family, spec: JobSpec) -> int | None:
 
     try:
         batch = _meta_batch(family, spec, spec.train.micro_batch_size)
+        # bf16 autocast saves bf16 copies of matmul and convolution inputs: approximated by a bf16 forward (autocast
+        # does not dispatch on the meta device)
         dtype = torch.bfloat16 if spec.train.precision == "bf16" else torch.float32
         model.to(dtype)
         batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
@@ -78,10 +80,10 @@ def _activation_bytes(model, family, spec: JobSpec) -> int | None:
     return saved
 
 
-def zero_memory(params: int, trainable: int, stage: int, world: int, bf16: bool) -> dict[str, float]:
-    """Bytes per rank for parameters, gradients and Adam state under ZeRO ``stage`` (mixed precision: bf16
-    weights and gradients plus fp32 master weights in the optimizer state)."""
-    p_bytes, g_bytes, o_bytes = (2, 2, 12) if bf16 else (4, 4, 8)
+def zero_memory(params: int, trainable: int, stage: int, world: int) -> dict[str, float]:
+    """Bytes per rank for parameters, gradients and Adam state under ZeRO ``stage``: fp32 weights, gradients and
+    Adam moments, at either precision (bf16 is torch.autocast, trainers/ds.py)."""
+    p_bytes, g_bytes, o_bytes = 4, 4, 8
     shard = {0: (1, 1, 1), 1: (1, 1, world), 2: (1, world, world), 3: (world, world, world)}[stage]
     return {
         "params": params * p_bytes / shard[0],
@@ -103,7 +105,6 @@ def render_plan(spec: JobSpec, max_memory: dict | None = None) -> str:
 def _render_training(spec: JobSpec) -> str:
     total, trainable, act = count_and_activations(spec)
     t, d = spec.train, spec.distributed
-    bf16 = t.precision == "bf16"
     lines = [f"model: {spec.model.family}/{getattr(spec.model, 'arch', '')} size {getattr(spec.model, 'size', '')}",
              f"parameters: {total:,} ({total / 1e6:.2f}M), trainable {trainable:,}",
              f"activations per micro-batch of {t.micro_batch_size}: "
@@ -117,11 +118,11 @@ def _render_training(spec: JobSpec) -> str:
         else:
             accum = t.global_batch_size // (t.micro_batch_size * world)
             lines.append(f"  world {world}: {t.global_batch_size} = {t.micro_batch_size} x {accum} x {world}")
-    lines += ["", f"per-rank memory estimate (GiB; {'bf16 + fp32 master' if bf16 else 'fp32'}, Adam):",
+    lines += ["", f"per-rank memory estimate (GiB; fp32 weights{', bf16 autocast' if t.precision == 'bf16' else ''}, Adam):",
               f"  {'world':>5} {'stage':>5} {'params':>9} {'grads':>9} {'optim':>9} {'activ':>9} {'total':>9}"]
     for world in d.world_sizes():
         for stage in (0, 1, 2, 3):
-            mem = zero_memory(total, trainable, stage, world, bf16)
+            mem = zero_memory(total, trainable, stage, world)
             activ = act or 0
             mark = " <- spec" if stage == d.zero_stage else ""
             lines.append(f"  {world:>5} {stage:>5} {mem['params'] / GiB:>9.3f} {mem['grads'] / GiB:>9.3f} "

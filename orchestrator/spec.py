@@ -160,7 +160,8 @@ class TrainSpec(BaseModel):
     log_every: int = Field(default=10, ge=1)
     """Log training metrics every N steps."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Numerics of forward/backward (bf16 keeps fp32 master weights)."""
+    """Numerics of forward/backward: bf16 runs the forward under torch.autocast (bf16 matmuls and convolutions, fp32
+    weights and optimizer state; not on MACE)."""
     seed: int = 0
     """Seed of model initialisation and of the data order (with the dataset version and the step)."""
     init_from: str | None = None
@@ -452,6 +453,9 @@ class JobSpec(BaseModel):
                 "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
         if self.optim.name == "muon":
             self._check_muon()
+        why = getattr(self.model, "no_bf16_reason", None) if self.train.precision == "bf16" else None
+        if why:
+            raise ValueError(f"train.precision=bf16 cannot train this model: {why}. Hint: use train.precision: fp32")
         if getattr(self.model, "mup", None) is not None and self.optim.name == "sgd":
             raise ValueError("optim.name=sgd with model.mup: muP's learning-rate multipliers here are AdamW's and "
                              "Muon's. Hint: use optim.name: adamw or muon")

@@ -28,17 +28,23 @@ def ds_config(train: TrainSpec, optim: OptimSpec, dist: DistributedSpec, world_s
         zero["stage3_param_persistence_threshold"] = 1e5
         if optim.name == "muon":  # DeepSpeed's ZeRO-3 Muon orthogonalises full gradients, not scattered shards
             zero["reduce_scatter"] = False
-    return {
+    config = {
         "train_batch_size": train.global_batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": grad_accumulation(train, world_size),
         "gradient_clipping": optim.grad_clip or 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": train.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if train.precision == "bf16":
+        # torch.autocast inside the engine's forward: fp32 weights, bf16 matmuls and convolutions, gradients of
+        # Linear/Conv layers reduced in bf16 (the convention of Poseidon, ClimaX and fairchem). Not DeepSpeed's
+        # `bf16` section: it casts the weights to bf16 while the batch stays fp32, so the first forward failed,
+        # and casting the batch would put atom positions, whose gradient is the force, in bf16.
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return config
 
 
 def initialize(model, train: TrainSpec, optim: OptimSpec, dist: DistributedSpec, world_size: int,

@@ -110,6 +110,14 @@ class AtomsModelSpec(BaseModel):
         return self
 
     @property
+    def no_bf16_reason(self) -> str | None:
+        """Why ``train.precision: bf16`` cannot train this model, or None."""
+        if self.arch == "mace":
+            return ("model.arch mace: e3nn's tensor products mix bf16 and fp32 operands under autocast "
+                    "(RuntimeError 'both inputs should have same dtype'), and mace-torch itself trains in fp32 or fp64")
+        return None
+
+    @property
     def sizes(self) -> dict:
         """Hyper-parameters of the named size."""
         return (ESCAIP_SIZES if self.arch == "escaip" else MACE_SIZES)[self.size]

@@ -36,9 +36,7 @@ def test_flatten_and_redact():
 
 def test_zero_memory_sharding():
     p = 1_000_000
-    s0 = zero_memory(p, p, 0, 4, bf16=False)
-    assert s0 == {"params": 4e6, "grads": 4e6, "optimizer": 8e6}
-    s2 = zero_memory(p, p, 2, 4, bf16=False)
-    assert s2 == {"params": 4e6, "grads": 1e6, "optimizer": 2e6}
-    s3 = zero_memory(p, p, 3, 4, bf16=True)
-    assert s3 == {"params": 0.5e6, "grads": 0.5e6, "optimizer": 3e6}
+    assert zero_memory(p, p, 0, 4) == {"params": 4e6, "grads": 4e6, "optimizer": 8e6}
+    assert zero_memory(p, p, 1, 4) == {"params": 4e6, "grads": 4e6, "optimizer": 2e6}
+    assert zero_memory(p, p, 2, 4) == {"params": 4e6, "grads": 1e6, "optimizer": 2e6}
+    assert zero_memory(p, p, 3, 4) == {"params": 1e6, "grads": 1e6, "optimizer": 2e6}

@@ -7,7 +7,8 @@ Each defect test runs DeepSpeed's own engine in-process (1 rank, gloo, CPU) and 
   layer's shape (ds_shape) and still tags the matrices;
 - #8443 Newton-Schulz per micro-batch under gradient accumulation: 2 micro-batches of 1 must give the step of
   1 micro-batch of 2;
-- #8433/#8483 bf16 resume dtype mismatch: a bf16 Muon engine saved and loaded keeps training;
+- #8433/#8483 bf16 resume dtype mismatch (DeepSpeed's `bf16` section, which sciscale no longer uses: its bf16 is
+  the `torch_autocast` section): a bf16 Muon engine saved and loaded keeps training;
 - #8608 universal-checkpoint conversion KeyError 'exp_avg' (an elastic resize): a Muon checkpoint converts and
   loads with its momentum intact;
 - found here: under ZeRO 1-3 DeepSpeed's gradient clipping clips Muon's orthogonalised update (not the gradient),
@@ -227,7 +228,8 @@ def _base_optimizer(engine):
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_bf16_muon_resumes(stage, process_group, tmp_path):
     """#8433/#8483: a bf16 Muon engine saved and loaded into a fresh one keeps its momentum and keeps
-    training (the defect raised a dtype mismatch on load or on the next step)."""
+    training (the defect raised a dtype mismatch on load or on the next step under DeepSpeed's `bf16` section;
+    sciscale's bf16 is autocast over fp32 weights, and this runs that)."""
     torch.manual_seed(1)
     x, y = torch.randn(4, 8), torch.randn(4, 4)
     engine = _engine(stage, micro=1, accum=1, precision="bf16")

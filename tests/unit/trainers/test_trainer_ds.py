@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
+import yaml
 
 from orchestrator.spec import (AdamWSpec, ConstantSchedule, CosineSchedule, DistributedSpec, LinearSchedule,
                                SGDSpec, TrainSpec)
+from orchestrator.specload import SpecError, validate_spec
 from trainers import ds, optimizers
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+                        "examples")
+
+
+def _bf16_example(example: str) -> dict:
+    raw = yaml.safe_load(open(os.path.join(EXAMPLES, example)))
+    raw["train"]["precision"] = "bf16"
+    return raw
 
 
 def _train(**kw) -> TrainSpec:
@@ -55,7 +67,8 @@ def test_offload_and_zero3_config():
                        DistributedSpec(zero_stage=3, offload_optimizer=True, offload_params=True), 2)
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert cfg["zero_optimization"]["offload_param"]["device"] == "cpu"
-    assert cfg["bf16"]["enabled"] is True and cfg["gradient_clipping"] == 0.0
+    assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in cfg
+    assert cfg["gradient_clipping"] == 0.0
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -76,3 +89,32 @@ def test_engine_learns_at_every_stage(stage, process_group):
         losses.append(torch.nn.functional.mse_loss(engine(x), y).item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert engine.global_steps == 30
+
+
+@pytest.mark.parametrize("example", ["pde/ns_debug_scot.yaml", "pde/ns_debug_fno.yaml", "weather/climax_debug.yaml",
+                                     "weather/sfno_debug.yaml", "atoms/emt_debug_escaip.yaml"])
+def test_bf16_trains_each_family(example, process_group):
+    """`train.precision: bf16` as the runner runs it: fp32 batch into the engine, the family's loss, two steps.
+    Under DeepSpeed's `bf16` section the first forward failed (bf16 weights, fp32 batch)."""
+    from models import load_family
+
+    spec = validate_spec(_bf16_example(example))
+    train = spec.train.model_copy(update={"micro_batch_size": 2, "global_batch_size": 2})
+    family = load_family(spec.model.family)
+    torch.manual_seed(0)
+    engine, _, _ = ds.initialize(family.build_model(spec.model), train, spec.optim, spec.distributed, 1)
+    assert all(p.dtype == torch.float32 for p in engine.module.parameters())  # fp32 weights, bf16 compute
+    batch = family.example_batch(spec.model, 2)
+    losses = []
+    for _ in range(2):
+        loss = family.loss(engine(batch), batch, spec.model)
+        assert torch.isfinite(loss), loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    assert engine.global_steps == 2 and losses[0] != losses[1]
+
+
+def test_bf16_refused_for_mace():
+    with pytest.raises(SpecError, match="train.precision=bf16 cannot train this model: model.arch mace"):
+        validate_spec(_bf16_example("atoms/emt_debug_mace.yaml"))
