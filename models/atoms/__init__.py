@@ -24,6 +24,10 @@ def build_model(spec: AtomsModelSpec) -> torch.nn.Module:
         from models.atoms.escaip import EScAIP
 
         model = EScAIP(spec)
+        if spec.mup is not None:
+            from models.mup import parametrize
+
+            model = parametrize(model, spec, EScAIP)
     if isinstance(spec.reference_energies, dict):
         set_reference_energies(model, spec, spec.reference_energies, "model.reference_energies")
     return model

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.family import MupSpec
+
 _CONFIG = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 # EScAIP sizes: H512L10 and H1024L8 follow the EScAIP paper's configurations; "1B" widens to 2048 so
@@ -81,6 +83,11 @@ class AtomsModelSpec(BaseModel):
     measured from the training data at model.cutoff (the manifest's ``neighbor_counts``)."""
     activation_checkpointing: bool = False
     """Recompute each EScAIP layer in the backward pass to save memory."""
+    width: int | None = Field(default=None, ge=2)
+    """EScAIP only: override the named size's hidden width (a multiple of its attention heads), e.g. to sweep
+    model size in a scaling ladder or in a learning-rate transfer study."""
+    mup: MupSpec | None = None
+    """EScAIP only: muP against the same model at ``mup.base_width`` (docs/optimizers.md); null: standard."""
 
     @field_validator("reference_energies")
     @classmethod
@@ -102,6 +109,14 @@ class AtomsModelSpec(BaseModel):
         if self.arch == "mace" and self.forces == "direct":
             raise ValueError("model.forces 'direct' is not available for model.arch 'mace' (its forces "
                              "are always -dE/dx); use forces: conservative")
+        if self.arch == "mace" and (self.width is not None or self.mup is not None):
+            raise ValueError("model.width and model.mup are implemented for model.arch escaip only (MACE's width is "
+                             "its irreps, e3nn's own parameterisation). Hint: remove them or use arch: escaip")
+        heads = sizes[self.size].get("heads", 1)
+        for field, value in (("width", self.width), ("mup.base_width", self.mup and self.mup.base_width)):
+            if value is not None and value % heads:
+                raise ValueError(f"model.{field} {value} must be a multiple of {heads} for EScAIP size "
+                                 f"{self.size!r} (whole attention heads)")
         if self.elements:
             zs = [atomic_number(s, "model.elements") for s in self.elements]
             if max(zs) > self.max_atomic_number:
@@ -119,8 +134,10 @@ class AtomsModelSpec(BaseModel):
 
     @property
     def sizes(self) -> dict:
-        """Hyper-parameters of the named size."""
-        return (ESCAIP_SIZES if self.arch == "escaip" else MACE_SIZES)[self.size]
+        """Hyper-parameters of the named size (EScAIP: with ``width`` as its hidden width when set)."""
+        if self.arch == "mace":
+            return MACE_SIZES[self.size]
+        return {**ESCAIP_SIZES[self.size], **({"hidden": self.width} if self.width else {})}
 
     @property
     def atomic_numbers(self) -> list[int]:

@@ -47,9 +47,9 @@ def bond_order(unit: torch.Tensor, env: torch.Tensor, lmax: int) -> torch.Tensor
 class NeighborBlock(nn.Module):
     """Self-attention over one atom's neighbour tokens, a feed-forward layer, and the node update."""
 
-    def __init__(self, hidden: int, heads: int, ffn: int):
+    def __init__(self, hidden: int, heads: int, ffn: int, scale: float | None = None):
         super().__init__()
-        self.heads = heads
+        self.heads, self.scale = heads, scale  # attention logits' scale; None: SDPA's 1/sqrt(d_head)
         self.norm_attn, self.norm_ffn, self.norm_node = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
@@ -62,7 +62,7 @@ class NeighborBlock(nn.Module):
         tokens = edge + self.node_in(node)[..., :h][:, None] + self.node_in(node)[..., h:][nbr_idx]
         q, kk, v = self.qkv(self.norm_attn(tokens)).view(n, k, 3, self.heads, h // self.heads).unbind(2)
         att = F.scaled_dot_product_attention(q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=bias[:, None, None, :])
+                                             attn_mask=bias[:, None, None, :], scale=self.scale)
         tokens = tokens + self.out(att.transpose(1, 2).reshape(n, k, h))
         tokens = tokens + self.ffn(self.norm_ffn(tokens))
         pooled = (tokens * env[..., None]).sum(1) / (1.0 + env.sum(1, keepdim=True))
@@ -86,7 +86,10 @@ class EScAIP(nn.Module):
         self.rbf_width = spec.cutoff / size["num_rbf"]
         self.edge_in = _mlp(size["num_rbf"] + hidden, hidden, hidden)
         self.boo_in = nn.Linear(self.lmax + 1, hidden)
-        self.blocks = nn.ModuleList(NeighborBlock(hidden, size["heads"], size["ffn"]) for _ in range(size["layers"]))
+        heads = size["heads"]
+        # muP: 1/d_head logits, times sqrt(base d_head) so that the base model is standard (models/mup.py)
+        scale = None if spec.mup is None else math.sqrt(spec.mup.base_width // heads) / (hidden // heads)
+        self.blocks = nn.ModuleList(NeighborBlock(hidden, heads, size["ffn"], scale) for _ in range(size["layers"]))
         self.energy_head = nn.Sequential(nn.LayerNorm(hidden), _mlp(hidden, hidden, 1))
         if not self.conservative:
             self.force_head = nn.Sequential(nn.LayerNorm(hidden), _mlp(hidden, hidden, 2))

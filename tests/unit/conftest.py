@@ -65,7 +65,7 @@ def mup_coordinates(family_name: str, spec, watched: tuple[str, ...], *, steps: 
                     lr: float = 1e-2) -> dict[str, float]:
     """muP's coordinate check for one width: the output RMS of each ``watched`` layer after ``steps`` AdamW
     steps (the project's optimizer builder, so muP's learning-rate multipliers apply) on one synthetic batch,
-    and the RMS change of the model's output over those steps."""
+    and the RMS change of the model's output (an interatomic potential's: its energy) over those steps."""
     import torch
 
     from models import load_family
@@ -92,14 +92,18 @@ def mup_coordinates(family_name: str, spec, watched: tuple[str, ...], *, steps: 
         opt.step()
     with torch.no_grad():
         end = model(batch)
+    if isinstance(end, dict):
+        start, end = start["energy"], end["energy"]
     assert set(rms) == set(watched), f"layers {set(watched) - set(rms)} not found"
     return {**rms, "output change": (end - start).pow(2).mean().sqrt().item()}
 
 
-def coordinate_tables(family_name: str, spec_of, widths: list[int], watched: tuple[str, ...]) -> tuple[dict, dict]:
+def coordinate_tables(family_name: str, spec_of, widths: list[int], watched: tuple[str, ...],
+                      lr: float = 1e-2) -> tuple[dict, dict]:
     """:func:`mup_coordinates` at each width, standard (``spec_of(width, False)``) and muP (``spec_of(width,
     True)``): two tables width -> coordinates, printed for the test log."""
-    tables = tuple({w: mup_coordinates(family_name, spec_of(w, mup), watched) for w in widths} for mup in (False, True))
+    tables = tuple({w: mup_coordinates(family_name, spec_of(w, mup), watched, lr=lr) for w in widths}
+                   for mup in (False, True))
     for table in tables:
         print({w: {k: round(v, 4) for k, v in c.items()} for w, c in table.items()})
     return tables
