@@ -86,6 +86,10 @@ def _losses(uri: str, sweep_id: str) -> list[tuple[str, int, float, float]]:
     for run in client.search_runs(exp.experiment_id, filter_string=f"tags.`sciscale.sweep_id` = '{sweep_id}' and "
                                   "tags.`sciscale.kind` = 'trial'"):
         history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+        if not history:  # a trial that failed before its first log: say so instead of stopping the table
+            print(f"trial {run.info.run_name} {run.info.status} with no train/loss: "
+                  f"{run.data.tags.get('sciscale.end_reason', '')[:500]}", flush=True)
+            continue
         last = [m.value for m in history[-3:]]
         rows.append((run.data.params.get("optim.name"), int(run.data.params.get("distributed.zero_stage")),
                      history[0].value, sum(last) / len(last)))

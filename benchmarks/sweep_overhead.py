@@ -1,11 +1,14 @@
 """A sweep's per-trial overhead (Tune, the trial's run creation, the MLflow parent and child runs, the summary)
 against `sciscale launch` of the same trial spec, side by side on one Ray head and MLflow server.
 
-Each repeat runs, alternately, `sciscale launch TRIAL` and `sciscale sweep SWEEP` where SWEEP is TRIAL with a
-one-trial grid (the trial's own learning rate), and times each command from start to exit. The overhead is
-(sweep - launch) / launch, as medians over repeats.
+Each repeat runs, alternately, ``--trials`` K launches of TRIAL one after another (`sciscale launch TRIAL`) and
+`sciscale sweep SWEEP` where SWEEP is TRIAL with a one-value grid (the trial's own learning rate) repeated K times
+(``num_samples``), one trial at a time, and times each side from start to exit. The per-trial overhead is
+(sweep - launches) / K, against one launch, as medians over repeats. K = 1 puts all of the sweep's fixed costs
+(Tune's start, the parent run, the summary) on one trial; a larger K shares them, as a real sweep does.
 
     python benchmarks/sweep_overhead.py --steps 400 --repeats 3
+    python benchmarks/sweep_overhead.py --steps 60 --repeats 3 --trials 4
 
 Figures go to docs/benchmarks.md.
 """
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _spec(data: Path, work: Path, uri: str, steps: int, sweep: bool) -> Path:
+def _spec(data: Path, work: Path, uri: str, steps: int, sweep: bool, trials: int = 1) -> Path:
     raw = yaml.safe_load((ROOT / "tests/integration/specs/backbone.yaml").read_text())
     raw["data"]["train"][0]["url"], raw["data"]["val"][0]["url"] = f"{data}/train", f"{data}/val"
     raw["train"].update({"max_steps": steps, "log_every": 20, "checkpoint_every": steps // 2, "eval_batches": 2})
@@ -35,7 +38,8 @@ def _spec(data: Path, work: Path, uri: str, steps: int, sweep: bool) -> Path:
     raw["storage"] = {"runs_root": str(work / "runs")}
     raw["tracking"].update({"uri": uri, "experiment": "bench-sweep", "system_metrics_every_s": 0})
     if sweep:
-        raw["sweep"] = {"method": "grid", "parameters": {"optim.lr": {"values": [raw["optim"]["lr"]]}}}
+        raw["sweep"] = {"method": "grid", "num_samples": trials, "max_concurrent": 1,
+                        "parameters": {"optim.lr": {"values": [raw["optim"]["lr"]]}}}
     path = work / ("sweep.yaml" if sweep else "trial.yaml")
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -55,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="training steps of the trial (about 2 minutes)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=1, help="trials per sweep (and launches per repeat)")
     args = parser.parse_args()
 
     from data.generators.navier_stokes import generate
@@ -69,24 +74,31 @@ def main() -> None:
             env = {**os.environ, "RAY_ADDRESS": head.extra["gcs_address"], "DS_ACCELERATOR": "cpu",
                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **services.ray_client_env(head.extra["token_path"])}
             trial = _spec(work / "ns", work, server.endpoint, args.steps, sweep=False)
-            sweep = _spec(work / "ns", work, server.endpoint, args.steps, sweep=True)
+            sweep = _spec(work / "ns", work, server.endpoint, args.steps, sweep=True, trials=args.trials)
             cli = [sys.executable, "-m", "orchestrator.cli"]
             times: dict[str, list[float]] = {"launch": [], "sweep": []}
             for i in range(args.repeats):
                 for kind in (("launch", "sweep") if i % 2 == 0 else ("sweep", "launch")):
-                    argv = (cli + ["launch", str(trial), "--run-id", f"launch-{i}"] if kind == "launch" else
-                            cli + ["sweep", str(sweep), "--sweep-id", f"sweep-{i}"])
-                    times[kind].append(_timed(argv, env, work / f"{kind}-{i}.log"))
+                    if kind == "launch":
+                        times[kind].append(sum(_timed(cli + ["launch", str(trial), "--run-id", f"launch-{i}-{k}"], env,
+                                                      work / f"launch-{i}-{k}.log") for k in range(args.trials)))
+                    else:
+                        times[kind].append(_timed(cli + ["sweep", str(sweep), "--sweep-id", f"sweep-{i}"], env,
+                                                  work / f"sweep-{i}.log"))
                     print(f"repeat {i}: {kind} {times[kind][-1]:.1f} s", flush=True)
         finally:
             head.stop()
             server.stop()
+    k = args.trials
     launch, sweep_s = statistics.median(times["launch"]), statistics.median(times["sweep"])
-    pairs = [(s - l) / l for s, l in zip(times["sweep"], times["launch"])]
+    pairs = [(s - l) / l for s, l in zip(times["sweep"], times["launch"])]  # (sweep - launches) / launches
     load = os.getloadavg()
-    print(f"\nload average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; FNO debug 16x16, 1 worker, {args.steps} steps")
-    print(f"launch: median {launch:.1f} s; sweep of one trial: median {sweep_s:.1f} s")
-    print(f"overhead: {sweep_s - launch:+.1f} s = {(sweep_s - launch) / launch * 100:+.1f}% of the launch "
+    print(f"\nload average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; FNO debug 16x16, 1 worker, {args.steps} steps, "
+          f"{k} trial(s)")
+    print(f"{k} launch(es): median {launch:.1f} s ({launch / k:.1f} s each); sweep of {k} trial(s): median "
+          f"{sweep_s:.1f} s")
+    print(f"per-trial overhead: {(sweep_s - launch) / k:+.1f} s = {(sweep_s - launch) / launch * 100:+.1f}% of a "
+          f"launch; of a 2-minute trial: {(sweep_s - launch) / k / 120 * 100:+.1f}% "
           f"(per pair: {', '.join(f'{p * 100:+.1f}%' for p in pairs)})")
 
 
