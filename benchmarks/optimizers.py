@@ -54,9 +54,11 @@ def _data(family: str, work: Path, env: dict) -> tuple[str, str]:
     return f"{out}/train", f"{out}/val"
 
 
-def _sweep_spec(family: str, work: Path, uri: str, steps: int, train: str, val: str) -> Path:
+def _sweep_spec(family: str, work: Path, uri: str, steps: int, train: str, val: str, stages: list[int],
+                model: dict) -> Path:
     example, lr = FAMILIES[family]
     raw = yaml.safe_load((ROOT / example).read_text())
+    raw["model"].update(model)
     raw["name"] = f"optim-{family}"
     raw["data"].update({"train": [{"url": train}], "val": [{"url": val}], "num_workers": 0})
     raw["train"].update({"max_steps": steps, "log_every": 10, "eval_every": 0, "checkpoint_every": steps,
@@ -71,7 +73,7 @@ def _sweep_spec(family: str, work: Path, uri: str, steps: int, train: str, val: 
     raw["sweep"] = {"method": "grid", "metric": "train/loss", "max_concurrent": 1, "parameters": {
         "optim": {"values": [{"name": "adamw", "lr": lr, "schedule": schedule},
                              {"name": "muon", "lr": 0.02, "adam_lr": lr, "schedule": schedule}]},
-        "distributed.zero_stage": {"values": [0, 1, 2, 3]}}}
+        "distributed.zero_stage": {"values": stages}}}
     path = work / f"{family}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -100,7 +102,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--families", default="pde,weather,atoms")
+    parser.add_argument("--stages", default="0,1,2,3", help="ZeRO stages swept")
+    parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a model field set in every trial, e.g. forces=direct (ZeRO-3 refuses conservative forces)")
     args = parser.parse_args()
+    stages = [int(s) for s in args.stages.split(",")]
+    model = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model)}
 
     from orchestrator import services
 
@@ -114,7 +121,7 @@ def main() -> None:
         try:
             for family in args.families.split(","):
                 train, val = _data(family, work, env)
-                spec = _sweep_spec(family, work, server.endpoint, args.steps, train, val)
+                spec = _sweep_spec(family, work, server.endpoint, args.steps, train, val, stages, model)
                 sweep_id = f"optim-{family}"
                 log = work / f"{family}.log"
                 with open(log, "w") as sink:

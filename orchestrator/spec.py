@@ -456,6 +456,9 @@ class JobSpec(BaseModel):
         why = getattr(self.model, "no_bf16_reason", None) if self.train.precision == "bf16" else None
         if why:
             raise ValueError(f"train.precision=bf16 cannot train this model: {why}. Hint: use train.precision: fp32")
+        why = getattr(self.model, "no_zero3_reason", None) if self.distributed.zero_stage == 3 else None
+        if why:
+            raise ValueError(f"distributed.zero_stage=3 cannot train this model: {why}")
         if getattr(self.model, "mup", None) is not None and self.optim.name == "sgd":
             raise ValueError("optim.name=sgd with model.mup: muP's learning-rate multipliers here are AdamW's and "
                              "Muon's. Hint: use optim.name: adamw or muon")

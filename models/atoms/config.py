@@ -60,7 +60,8 @@ class AtomsModelSpec(BaseModel):
     the cutoff; the calculator warns when atoms lose neighbours to the cap."""
     forces: Literal["conservative", "direct"] = "conservative"
     """``conservative``: forces = -dE/dx (energy-conserving MD, double backward in training); ``direct``:
-    a force head (faster, not a gradient field). MACE is always conservative."""
+    a force head (faster, not a gradient field). MACE is always conservative. ZeRO-3 trains direct forces only
+    (its layers do not support the double backward)."""
     stress: bool = True
     """Predict stress (strain derivative for conservative models, a head for direct ones)."""
     max_atomic_number: int = Field(default=100, ge=1, le=118)
@@ -130,6 +131,18 @@ class AtomsModelSpec(BaseModel):
         if self.arch == "mace":
             return ("model.arch mace: e3nn's tensor products mix bf16 and fp32 operands under autocast "
                     "(RuntimeError 'both inputs should have same dtype'), and mace-torch itself trains in fp32 or fp64")
+        return None
+
+    @property
+    def no_zero3_reason(self) -> str | None:
+        """Why ``distributed.zero_stage: 3`` cannot train this model, or None."""
+        if self.forces == "conservative":
+            return (f"model.forces conservative{' (MACE is always conservative)' if self.arch == 'mace' else ''} "
+                    "takes the forces as -dE/dx inside the forward and trains through that gradient (a double "
+                    "backward), which DeepSpeed's ZeRO-3 layers do not support (RuntimeError 'mat2 must be a "
+                    "matrix' at the first backward, DeepSpeed 0.19.8). Hint: use distributed.zero_stage: 2 "
+                    "(gradients and optimizer states still sharded)"
+                    + ("" if self.arch == "mace" else " or model.forces: direct"))
         return None
 
     @property

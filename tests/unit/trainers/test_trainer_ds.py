@@ -96,14 +96,19 @@ def test_engine_learns_at_every_stage(stage, process_group):
 def test_bf16_trains_each_family(example, process_group):
     """`train.precision: bf16` as the runner runs it: fp32 batch into the engine, the family's loss, two steps.
     Under DeepSpeed's `bf16` section the first forward failed (bf16 weights, fp32 batch)."""
+    engine, losses = _two_steps(validate_spec(_bf16_example(example)))
+    assert all(p.dtype == torch.float32 for p in engine.module.parameters())  # fp32 weights, bf16 compute
+    assert engine.global_steps == 2 and losses[0] != losses[1]
+
+
+def _two_steps(spec):
+    """Two steps of the spec's model on its family's example batch of 2, as the runner runs them."""
     from models import load_family
 
-    spec = validate_spec(_bf16_example(example))
     train = spec.train.model_copy(update={"micro_batch_size": 2, "global_batch_size": 2})
     family = load_family(spec.model.family)
     torch.manual_seed(0)
     engine, _, _ = ds.initialize(family.build_model(spec.model), train, spec.optim, spec.distributed, 1)
-    assert all(p.dtype == torch.float32 for p in engine.module.parameters())  # fp32 weights, bf16 compute
     batch = family.example_batch(spec.model, 2)
     losses = []
     for _ in range(2):
@@ -112,9 +117,26 @@ def test_bf16_trains_each_family(example, process_group):
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
-    assert engine.global_steps == 2 and losses[0] != losses[1]
+    return engine, losses
 
 
 def test_bf16_refused_for_mace():
     with pytest.raises(SpecError, match="train.precision=bf16 cannot train this model: model.arch mace"):
         validate_spec(_bf16_example("atoms/emt_debug_mace.yaml"))
+
+
+@pytest.mark.parametrize("example", ["atoms/emt_debug_escaip.yaml", "atoms/emt_debug_mace.yaml"])
+def test_zero3_refused_for_conservative_forces(example):
+    """Conservative forces under ZeRO-3 failed at the first backward ('mat2 must be a matrix'): refused at
+    validation. The 1B EScAIP example is ZeRO-3 with direct forces, which train (next test)."""
+    raw = yaml.safe_load(open(os.path.join(EXAMPLES, example)))
+    raw["distributed"]["zero_stage"] = 3
+    with pytest.raises(SpecError, match="zero_stage=3 cannot train this model: model.forces conservative"):
+        validate_spec(raw)
+
+
+def test_zero3_trains_escaip_with_direct_forces(process_group):
+    raw = yaml.safe_load(open(os.path.join(EXAMPLES, "atoms/emt_debug_escaip.yaml")))
+    raw["distributed"]["zero_stage"], raw["model"]["forces"] = 3, "direct"
+    engine, losses = _two_steps(validate_spec(raw))
+    assert engine.global_steps == 2 and losses[1] < losses[0]
