@@ -241,7 +241,10 @@ def test_cluster_submit_succeeds_and_stop_marks_killed(launcher, mlflow_server, 
 
     cmd, env, _ = launcher
     jobs = job_client(ray_head.endpoint)  # with the head's token (Ray's own client sends none in this process)
+    # both jobs at once (2 + 1 workers fit the head's 4 CPUs): their start-ups overlap
     done = _run(cmd("train.max_steps=4", run_id="cluster-ok", cluster=ray_head.endpoint), env)
+    long = _run(cmd("train.max_steps=100000", "distributed.workers=1", run_id="cluster-stop",
+                    cluster=ray_head.endpoint), env)
     job_id = done.stdout.strip().splitlines()[-1]
     status = _wait_job(jobs, job_id, 400)
     assert status == JobStatus.SUCCEEDED, jobs.get_job_logs(job_id)[-4000:]
@@ -252,7 +255,6 @@ def test_cluster_submit_succeeds_and_stop_marks_killed(launcher, mlflow_server, 
     assert shown.returncode == 0, shown.stderr
     assert f"job {job_id}: SUCCEEDED" in shown.stdout and "cause=first start" in shown.stdout, shown.stdout
 
-    long = _run(cmd("train.max_steps=100000", run_id="cluster-stop", cluster=ray_head.endpoint), env)
     job_id = long.stdout.strip().splitlines()[-1]
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.endpoint)
     deadline = time.monotonic() + 300

@@ -277,11 +277,12 @@ def test_nonfinite_loss_policy(policy, ns_local, ray_head, mlflow_server, tmp_pa
     """A NaN loss at step 10 (fault injection). skip: that step's update is skipped and the run goes on.
     rollback: the workers restart from the last checkpoint (step 8) and skip step 10's batch. Either way the
     skip is counted in train/nonfinite_skipped and every logged loss is finite."""
-    run_id = f"nan-{policy}"
+    run_id, steps = f"nan-{policy}", 20  # no reference run to match: 20 steps show the policy
     runs = tmp_path / "runs"
     faults, env = _faults(tmp_path, "step@9", "nan@10")
-    proc = _start(_argv(str(ns_local), runs, mlflow_server.endpoint, run_id, [f"train.nonfinite={policy}"]),
-                  {**_env(ray_head), **env}, tmp_path / "launch.log")
+    argv = _argv(str(ns_local), runs, mlflow_server.endpoint, run_id, [f"train.nonfinite={policy}",
+                                                                        f"train.max_steps={steps}"])
+    proc = _start(argv, {**_env(ray_head), **env}, tmp_path / "launch.log")
     _held_pid(faults, "step-9", 0, proc)
     _wait_committed(runs, run_id, 8, proc)  # the checkpoint a rollback goes back to is registered
     _release(faults, "step-9")
@@ -289,15 +290,15 @@ def test_nonfinite_loss_policy(policy, ns_local, ray_head, mlflow_server, tmp_pa
     run = _run(mlflow_server.endpoint, run_id)
     assert run.info.status == "FINISHED"
     skipped = _metric(mlflow_server.endpoint, run_id, "train/nonfinite_skipped")
-    assert skipped[STEPS] == 1.0 and skipped[9] == 0.0, skipped
+    assert skipped[steps] == 1.0 and skipped[9] == 0.0, skipped
     losses = _metric(mlflow_server.endpoint, run_id, "train/loss")
     assert all(math.isfinite(v) for v in losses.values()), losses
     if policy == "skip":
-        assert sorted(losses) == list(range(1, STEPS + 1)) and run.data.tags["sciscale.group_starts"] == "1"
+        assert sorted(losses) == list(range(1, steps + 1)) and run.data.tags["sciscale.group_starts"] == "1"
     else:  # step 10's batch is never trained on, so it has no loss point; nothing is logged twice
         assert "rolling back to the last checkpoint and skipping this batch" in out, out[-4000:]
         assert _resumed_step(out, below=10) == 8
-        assert sorted(losses) == [s for s in range(1, STEPS + 1) if s != 10]
+        assert sorted(losses) == [s for s in range(1, steps + 1) if s != 10]
         assert run.data.tags["sciscale.group_starts"] == "2"
 
 
