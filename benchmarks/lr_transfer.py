@@ -6,7 +6,7 @@ each. AdamW sweeps its rate; Muon sweeps the rate of its matrices (the AdamW hal
 score is the final val/loss. Prints, per optimizer and parameterisation, the loss at each rate and width and
 whether the best rate moved by more than one grid step, and draws the curves.
 
-    python benchmarks/lr_transfer.py --steps 100 --plot docs/img/lr-transfer-climax.png
+    python benchmarks/lr_transfer.py --steps 60 --plot docs/img/lr-transfer-climax.png
 
 Figures go to docs/optimizers.md.
 """
