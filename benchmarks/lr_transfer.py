@@ -7,6 +7,7 @@ score is the final val/loss. Prints, per optimizer and parameterisation, the los
 whether the best rate moved by more than one grid step, and draws the curves.
 
     python benchmarks/lr_transfer.py --steps 60 --plot docs/img/lr-transfer-climax.png
+    python benchmarks/lr_transfer.py --steps 60 --optimizers muon --rates 1,3   # past the grid's top
 
 Figures go to docs/optimizers.md.
 """
@@ -113,7 +114,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--optimizers", default="adamw,muon")
     parser.add_argument("--plot", default=None, help="write the figure here (PNG)")
+    parser.add_argument("--rates", default=None, metavar="R1,R2,...",
+                        help="sweep these rates instead of each optimizer's grid (to extend a grid past its edge)")
     args = parser.parse_args()
+    if args.rates:
+        for name in RATES:
+            RATES[name] = [float(r) for r in args.rates.split(",")]
 
     from orchestrator import services
 
@@ -141,7 +147,8 @@ def main() -> None:
             server.stop()
     load = os.getloadavg()
     print(f"\nClimaX debug, {args.steps} steps, 1 worker per trial, final val/loss; load average {load[0]:.1f}")
-    print("| optimizer | parameterisation | width | " + " | ".join("rate" for _ in range(5)) + " | best rate |")
+    print("| optimizer | parameterisation | width | " + " | ".join("rate" for _ in next(iter(RATES.values()))) +
+          " | best rate |")
     for name, results in all_results.items():
         rates = RATES[name]
         print(f"\n{name} rates: {rates}")
