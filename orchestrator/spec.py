@@ -453,12 +453,12 @@ class JobSpec(BaseModel):
                 "micro_batch_size x workers and of canonical_streams, and workers a divisor of canonical_streams")
         if self.optim.name == "muon":
             self._check_muon()
-        why = getattr(self.model, "no_bf16_reason", None) if self.train.precision == "bf16" else None
-        if why:
-            raise ValueError(f"train.precision=bf16 cannot train this model: {why}. Hint: use train.precision: fp32")
-        why = getattr(self.model, "no_zero3_reason", None) if self.distributed.zero_stage == 3 else None
-        if why:
-            raise ValueError(f"distributed.zero_stage=3 cannot train this model: {why}")
+        for setting, chosen, reason in (  # a model says why it cannot train under a setting (with a hint)
+                ("train.precision=bf16", self.train.precision == "bf16", "no_bf16_reason"),
+                ("distributed.zero_stage=3", self.distributed.zero_stage == 3, "no_zero3_reason")):
+            why = getattr(self.model, reason, None) if chosen else None
+            if why:
+                raise ValueError(f"{setting} cannot train this model: {why}")
         if getattr(self.model, "mup", None) is not None and self.optim.name == "sgd":
             raise ValueError("optim.name=sgd with model.mup: muP's learning-rate multipliers here are AdamW's and "
                              "Muon's. Hint: use optim.name: adamw or muon")

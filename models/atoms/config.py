@@ -127,15 +127,16 @@ class AtomsModelSpec(BaseModel):
 
     @property
     def no_bf16_reason(self) -> str | None:
-        """Why ``train.precision: bf16`` cannot train this model, or None."""
+        """Why ``train.precision: bf16`` cannot train this model (with a hint), or None."""
         if self.arch == "mace":
             return ("model.arch mace: e3nn's tensor products mix bf16 and fp32 operands under autocast "
-                    "(RuntimeError 'both inputs should have same dtype'), and mace-torch itself trains in fp32 or fp64")
+                    "(RuntimeError 'both inputs should have same dtype'), and mace-torch itself trains in fp32 or "
+                    "fp64. Hint: use train.precision: fp32")
         return None
 
     @property
     def no_zero3_reason(self) -> str | None:
-        """Why ``distributed.zero_stage: 3`` cannot train this model, or None."""
+        """Why ``distributed.zero_stage: 3`` cannot train this model (with a hint), or None."""
         if self.forces == "conservative":
             return (f"model.forces conservative{' (MACE is always conservative)' if self.arch == 'mace' else ''} "
                     "takes the forces as -dE/dx inside the forward and trains through that gradient (a double "
