@@ -88,6 +88,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_launch(args) -> int:
+    from orchestrator import startup
+
+    startup.mark("Python start, CLI")
     from orchestrator.launch import launch
 
     from orchestrator.specload import SpecError, missing_files
@@ -100,6 +103,7 @@ def cmd_launch(args) -> int:
     if not args.cluster and missing_files(spec):
         raise SpecError(args.spec, missing_files(spec))
     spec = _checked(spec, args.spec, args.cluster)
+    startup.mark("spec and preflight")
     return launch(spec, run_id=args.run_id, cluster=args.cluster, in_cluster=args.in_cluster, verbose=args.verbose)
 
 

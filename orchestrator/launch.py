@@ -9,11 +9,14 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from orchestrator import startup
 from orchestrator.cluster import job_client
 from orchestrator.console import Console, headline
 from orchestrator.registry import pin_init_from
+from orchestrator.services import NORMAL_PRIORITY
 from orchestrator.runs import (RunLog, RunRecord, RunState, ensure_run, failure_lines, finish_run, new_run_id,
                                run_context, ui_url, write_record)
 from orchestrator.spec import JobSpec
@@ -35,21 +38,42 @@ def launch(spec: JobSpec, run_id: str | None = None, cluster: str | None = None,
     run_id = run_id or new_run_id(spec)
     if cluster:
         job_client(cluster)  # a missing or rejected token, or a wrong address, fails before any MLflow run exists
-    record, resumed = ensure_run(spec, run_id)
-    console.echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
-                 f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
-    if cluster:
+        record, _ = _ensure_run(spec, run_id, console)
         return submit(spec, record, cluster, console.echo)
+    # Ray's start (mostly waiting for its processes) overlaps the MLflow run and the driver's Ray Train imports
+    with ThreadPoolExecutor(2) as pool:
+        ensured = pool.submit(_ensure_run, spec, run_id, console)
+        pool.submit(_import_ray_train)
+        try:
+            board, failed = _start_ray(run_id, console, connect_existing=in_cluster), None
+        except BaseException as exc:  # noqa: BLE001 - the MLflow run ends FAILED (or KILLED) with the cause
+            board, failed = None, exc
+        record, _ = ensured.result()
     init_from = pin_init_from(spec, record.mlflow_run_id, record.tracking_uri)
     run = {**run_context(record, spec), "verbose": verbose, "init_from": init_from}
     log = RunLog(run, "driver.log", capture=False)
     console.attach(log)
     console.echo(f"logs: {log.where.rsplit('/', 1)[0]}/ (driver.log, worker-rank*.log)")
     try:
-        return run_here(spec, record, run, console, connect_existing=in_cluster)
+        return _failed(record, run, failed, console) if failed else run_here(spec, record, run, console, board)
     finally:
         console.close_bar()
         log.close()
+
+
+def _ensure_run(spec: JobSpec, run_id: str, console: Console) -> tuple[RunRecord, bool]:
+    record, resumed = ensure_run(spec, run_id)
+    startup.mark("run record, MLflow run")
+    console.echo(f"run {run_id} ({'resumed, attempt ' + str(record.attempts + 1) if resumed else 'new'}); "
+                 f"MLflow run {record.mlflow_run_id} at {record.tracking_uri}")
+    return record, resumed
+
+
+def _import_ray_train() -> None:
+    """Ray Train's TorchTrainer (it imports torch: about 2 s on one core), loaded while Ray starts."""
+    import ray.train.torch  # noqa: F401
+
+    startup.mark("Ray Train imports")
 
 
 _SIGNALS: list[str] = []  # stop signals received; Ray may turn the Stopped we raise into its own error
@@ -92,11 +116,11 @@ def _grace_checkpoint(run: dict, grace_s: float) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, connect_existing: bool = False) -> int:
-    """Drive the training on a Ray instance from this process; the MLflow status follows the outcome."""
+def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, board) -> int:
+    """Drive the training from this process on the Ray instance ``_start_ray`` started or connected to (its
+    progress ``board``); the MLflow status follows the outcome."""
     previous, stop, follower = {}, threading.Event(), None
     try:
-        board = _start_ray(run, console, connect_existing)
         from trainers.resilience import clear_checkpoint_request
 
         clear_checkpoint_request(run)  # a request an earlier, stopped attempt left behind
@@ -130,21 +154,33 @@ def run_here(spec: JobSpec, record: RunRecord, run: dict, console: Console, conn
     return 0
 
 
-def _start_ray(run: dict, console: Console, connect_existing: bool):
-    """ray.init (inside a Ray job: the job's own cluster and runtime env) and the console's progress board."""
+def _start_ray(run_id: str, console: Console, connect_existing: bool):
+    """``ray_init`` and the console's progress board."""
+    address = ray_init(console, connect_existing)
+    startup.mark("Ray connect" if address else "Ray start")
+    from trainers.progress import create_board
+
+    return create_board(run_id)
+
+
+def ray_init(console: Console, connect_existing: bool) -> str | None:
+    """ray.init for a launch or a sweep: inside a Ray job its own cluster and runtime env; else RAY_ADDRESS's
+    cluster or a local instance started here, whose workers run at normal priority (Ray's default, nice 15, gives
+    training's CPU to anything else that runs on the machine). Returns the address (None: started here)."""
     import ray
 
     console.quiet()
+    address = "auto" if connect_existing else os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         quiet = {} if console.verbose else {"log_to_driver": False}
         if connect_existing:
             ray.init(address="auto", logging_level="WARNING", **quiet)
         else:
-            ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=worker_env(), logging_level="WARNING", **quiet)
+            for key, value in NORMAL_PRIORITY.items():  # read by the raylet this ray.init starts
+                os.environ.setdefault(key, value)
+            ray.init(address=address, runtime_env=worker_env(), logging_level="WARNING", **quiet)
     console.quiet()
-    from trainers.progress import create_board
-
-    return create_board(run["run_id"])
+    return address
 
 
 def _failed(record: RunRecord, run: dict, exc: BaseException, console: Console) -> int:

@@ -156,7 +156,8 @@ def _ray_version() -> str:
 
 
 def _env(spec: Any, run_id: str) -> list[dict]:
-    env = [{"name": "SCISCALE_RUN_ID", "value": run_id}, {"name": "RAY_DEDUP_LOGS", "value": "0"}, *RAY_AUTH_ENV]
+    env = [{"name": "SCISCALE_RUN_ID", "value": run_id}, {"name": "RAY_DEDUP_LOGS", "value": "0"},
+           {"name": "RAY_worker_niceness", "value": "0"}, *RAY_AUTH_ENV]  # training at normal priority
     if spec.tracking.uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": spec.tracking.uri})
     if spec.storage.endpoint_url:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -278,7 +279,7 @@ def start_ray_head(workdir: str | os.PathLike, num_cpus: int | None = None, port
     if resources:
         argv.append(f"--resources={json.dumps(resources)}")
     # RAY_ADDRESS names this head for its own processes: several heads may share /tmp/ray on one machine
-    head_env = {**ray_client_env(token_path), "RAY_ADDRESS": f"127.0.0.1:{port}", **(env or {})}
+    head_env = {**ray_client_env(token_path), "RAY_ADDRESS": f"127.0.0.1:{port}", **NORMAL_PRIORITY, **(env or {})}
     proc = _spawn("ray", argv, workdir, env=head_env)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     # /api/version needs the token: a 200 also proves that the head took our token file
@@ -316,12 +317,17 @@ def start_ray_node(workdir: str | os.PathLike, gcs_address: str, token_path: str
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--min-worker-port={worker_ports[0]}", f"--max-worker-port={worker_ports[1]}", "--disable-usage-stats"]
+            f"--min-worker-port={worker_ports[0]}", f"--max-worker-port={worker_ports[1]}", "--disable-usage-stats",
+            # its own temp dir (short: Ray's socket paths live under it): sharing the head's, it would share the
+            # jobs' unpacked working_dir, which Ray's working_dir plugin deletes and re-unpacks on each node's first
+            # use, from under a job driver running in it (tests/integration/infra/test_infra_two_node.py)
+            f"--temp-dir={tempfile.mkdtemp(prefix='ray-node-', dir='/tmp')}"]
     if num_cpus is not None:
         argv.append(f"--num-cpus={num_cpus}")
     if resources:
         argv.append(f"--resources={json.dumps(resources)}")
-    proc = _spawn("ray-node", argv, workdir, env={**ray_client_env(token_path), "RAY_ADDRESS": gcs_address})
+    proc = _spawn("ray-node", argv, workdir, env={**ray_client_env(token_path), "RAY_ADDRESS": gcs_address,
+                                                        **NORMAL_PRIORITY})
     deadline = time.monotonic() + timeout
     while len(alive_nodes(gcs_address, token_path)) <= before:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -344,6 +350,9 @@ def alive_nodes(gcs_address: str, token_path: str | os.PathLike, workers_only: b
                           env={**os.environ, **ray_client_env(token_path)})
     lines = proc.stdout.strip().splitlines()
     return json.loads(lines[-1]) if proc.returncode == 0 and lines and lines[-1].startswith("[") else []
+
+
+NORMAL_PRIORITY = {"RAY_worker_niceness": "0"}  # the raylet's nice level for workers (Ray's default 15 yields training's CPU)
 
 
 def ray_client_env(token_path: str | os.PathLike) -> dict[str, str]:

@@ -271,15 +271,10 @@ def _tune(spec: JobSpec, base: dict, parent: RunRecord, console, max_concurrent:
     import ray
     from ray import tune
 
-    from orchestrator.launch import worker_env
+    from orchestrator.launch import ray_init
     from trainers.ray_job import storage
 
-    console.quiet()
-    if not ray.is_initialized():
-        where = {"address": "auto"} if in_cluster else {"address": os.environ.get("RAY_ADDRESS"),
-                                                         "runtime_env": worker_env()}
-        ray.init(logging_level="WARNING", log_to_driver=False, **where)
-    console.quiet()
+    ray_init(console, connect_existing=in_cluster)
     # checkpoints between evaluations report training metrics only; the sweep metric was checked up front
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     s = spec.sweep

@@ -58,8 +58,10 @@ def fit(spec: JobSpec, record: RunRecord, run: dict | None = None, callbacks: li
 
     from trainers.worker import train_loop
 
+    from orchestrator import startup
+
     storage_path, filesystem = storage(record, spec)
-    run = run or run_context(record, spec)
+    run = {**(run or run_context(record, spec)), "startup": startup.marks()}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run": run},

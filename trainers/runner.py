@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from models import load_family
-from orchestrator import lineage
+from orchestrator import lineage, startup
 from orchestrator.spec import JobSpec
 from trainers import checkpoint, ds, weights
 from trainers import faults, resilience
@@ -45,16 +45,19 @@ class Runner:
         self.logging_s = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
                        if rank == 0 and run.get("mlflow_run_id") else NullLogger())
+        startup.mark("MLflow client (rank 0)")
         self._build_engine()
         self._build_data()
         self.models = build_model_logger(self.logger, spec, run, self.family.build_model,
                                          lineage.dataset_refs(spec, self._manifests))
+        startup.mark("manifests, MLflow model logger")
 
     # ----------------------------------------------------------------------------------------------- build
     def _build_engine(self) -> None:
         spec = self.spec
         torch.manual_seed(spec.train.seed)
         model = self.family.build_model(spec.model)
+        startup.mark("model build")
         if spec.distributed.activation_checkpointing and hasattr(model, "activation_checkpointing"):
             model.activation_checkpointing = True
         if self.family.prepare_model is not None:
@@ -72,6 +75,7 @@ class Runner:
         self.engine, self.optimizer, self.scheduler = ds.initialize(
             model, spec.train, spec.optim, spec.distributed, self.world, self.family.muon_adamw)
         self.accum = ds.grad_accumulation(spec.train, self.world)
+        startup.mark("DeepSpeed initialise")
 
     def _log_init_report(self, report: dict[str, list[str]]) -> None:
         if self.rank != 0:
@@ -143,6 +147,7 @@ class Runner:
         self.train_loader = build_loader(self.spec.data, self.spec.data.train, split="train",
                                          start_step=self.step, resume_state=self.resumed_data_state,
                                          transform=self.transform, **self._loader_args)
+        startup.mark("checkpoint discovery, data loader")
         try:
             return self._loop()
         finally:
@@ -167,6 +172,7 @@ class Runner:
             if self._started is not None and self.rank == 0:  # once per group start: time until training moves
                 print(f"[rank 0] first step after start: step {self.step} done at {time.time():.3f} "
                       f"({time.time() - self._started:.1f} s after the worker started)", flush=True)
+                self._log_startup()
             self._started = None
             faults.hold("step", self.step, self.rank)
             window.append((loss, step_time, wait))
@@ -197,6 +203,8 @@ class Runner:
         start = time.perf_counter()
         micro_batches = next(batches)
         wait = time.perf_counter() - start
+        if self._started is not None:
+            startup.mark("first batch")
         total = 0.0
         self.engine.train()
         if self.spec.train.audit_samples:
@@ -216,6 +224,18 @@ class Runner:
             self.engine.step()
             total += loss.detach().float().item()
         return total / len(micro_batches), time.perf_counter() - start, wait
+
+    def _log_startup(self) -> None:
+        """Launch (or, in a sweep's trial, worker start) to this group's first step, phase by phase: printed and
+        logged to MLflow at the start step."""
+        startup.mark("first step")
+        spans = startup.breakdown(self.run_info.get("startup", []), startup.marks())
+        if not spans:
+            return
+        print(startup.summary(spans, "launch to first step" if self.run_info.get("startup") else
+                              "worker start to first step"), flush=True)
+        metrics = {startup.metric_name(p): s for p, s in spans}
+        self.logger.log({**metrics, "startup/first_step_s": sum(s for _, s in spans)}, self.step)
 
     def _log_train(self, window) -> dict:
         losses = torch.tensor([sum(w[0] for w in window) / len(window)], dtype=torch.float64)

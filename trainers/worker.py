@@ -12,6 +12,9 @@ UPLOAD_RETRY_S = 300.0  # an object store may be down this long before a checkpo
 def train_loop(config: dict) -> None:
     """Train on this worker. Its output goes to the run's log file (RUNS_ROOT/RUN_ID/sciscale/logs/); any error
     leaves as a WorkerFailure naming the rank and step and whether a restart could cure it."""
+    from orchestrator import startup
+
+    startup.mark("worker setup (Ray actor, torch, gloo rendezvous)")
     import ray.train
 
     from orchestrator.runs import RunLog
@@ -39,10 +42,12 @@ def _build_runner(config: dict, rank: int):
     import ray.train
     from ray.train import Checkpoint, CheckpointUploadMode
 
+    from orchestrator import startup
     from orchestrator.spec import JobSpec
     from trainers.progress import ProgressSender
     from trainers.runner import Runner
 
+    startup.mark("imports (DeepSpeed, MLflow, model code)")
     ctx = ray.train.get_context()
 
     def report(metrics: dict, checkpoint_dir: str | None = None, background: bool = False) -> None:

@@ -5,6 +5,7 @@ checkpoint with the one worker that still fits (elastic 1..2 workers, one restar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,9 +67,10 @@ class Netns:
         return ["ip", "netns", "exec", self.a if which == "a" else self.b]
 
 
-@pytest.fixture(scope="module")
-def topology():
-    """(prefix_a, ip_a, prefix_b, ip_b, mode): how to run a command on each node and its address."""
+@contextlib.contextmanager
+def two_node_topology():
+    """(prefix_a, ip_a, prefix_b, ip_b, mode): how to run a command on each node and its address
+    (benchmarks/two_node_scaling.py uses it too)."""
     tag = uuid.uuid4().hex[:6]
     netns = Netns(tag, int(tag, 16) % 250 + 1)
     if shutil.which("ip") and os.geteuid() == 0:
@@ -81,6 +83,12 @@ def topology():
             netns.delete()
             return
     yield [], "127.0.0.1", [], "127.0.0.1", "loopback"
+
+
+@pytest.fixture(scope="module")
+def topology():
+    with two_node_topology() as nodes:
+        yield nodes
 
 
 def _env(address: str, mode: str, token_path: Path) -> dict:
@@ -135,8 +143,13 @@ class TwoNodes:
                           "--num-cpus=2", '--resources={"slot": 1}', "--include-dashboard=true",
                           f"--dashboard-host={self.ip_a}", f"--dashboard-port={self.dashboard_port}",
                           f"--temp-dir=/tmp/ray-2n-{port}", "--disable-usage-stats"]
+        # its own temp dir, as on a real second machine: nodes sharing one would share the job's unpacked
+        # working_dir, and Ray's working_dir plugin deletes and re-unpacks it when a node first sets the job's
+        # runtime env up, pulling the directory from under the job driver on the head (whose torch import then
+        # dies with "oneMKL FATAL ERROR: Cannot load libtorch_cpu.so": its cwd no longer exists)
         self.node_argv = [ray, "start", "--block", f"--address={self.address}", f"--node-ip-address={self.ip_b}",
-                          "--num-cpus=2", '--resources={"slot": 1}', "--disable-usage-stats"]
+                          "--num-cpus=2", '--resources={"slot": 1}', f"--temp-dir=/tmp/ray-2n-{port}-b",
+                          "--disable-usage-stats"]
         if self.mode == "loopback":
             self.node_argv += [f"--node-manager-port={services.free_port()}",
                                f"--object-manager-port={services.free_port()}"]
@@ -214,9 +227,6 @@ def _job(two_nodes, job_id: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skip(reason="known failure, reported to the lead: the `sciscale launch --cluster` job driver exits 2 "
-                         "with 'Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so' on this two-node cluster "
-                         "(also on loopback), while a one-node probe of the same path succeeds")
 def test_sciscale_launch_on_two_nodes_reports_a_lost_node(two_nodes, tmp_path):
     """The real CLI: `sciscale launch --cluster` submits the spec; workers (DeepSpeed, gloo) span both nodes;
     the second node dies mid-run. Until elastic recovery lands in the trainer, the fixed-size run must end
@@ -229,7 +239,7 @@ def test_sciscale_launch_on_two_nodes_reports_a_lost_node(two_nodes, tmp_path):
     sets = [f"data.train.0.url={tmp_path / 'ns16' / 'train'}", f"data.val.0.url={tmp_path / 'ns16' / 'val'}",
             f"storage.runs_root={runs}", "train.max_steps=400", "train.checkpoint_every=5",
             "distributed.workers=2", "distributed.resources_per_worker={CPU: 1, slot: 1}",
-            "tracking.experiment=two-node"]
+            "tracking.experiment=two-node", f"storage.shared_paths=[{tmp_path}]"]  # both nodes see this disk
     argv = [sys.executable, "-m", "orchestrator.cli", "launch", str(SPEC), "--cluster", two_nodes.dashboard,
             "--run-id", "two-node-launch"] + [x for item in sets for x in ("--set", item)]
     submitted = two_nodes.run_a(argv, timeout=300)
