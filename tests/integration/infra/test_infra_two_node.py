@@ -94,7 +94,11 @@ def topology():
 def _env(address: str, mode: str, token_path: Path) -> dict:
     # the cluster's processes need no repository path: the driver imports only ray and torch, the CLI runs
     # from the repository root and ships the packages as the job's working_dir
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # nor the test session's services: its MLflow server and S3 listen on the root namespace's loopback, which
+    # the nodes' namespaces cannot reach (an MLFLOW_TRACKING_URI left by an earlier test made the CLI retry for
+    # minutes); the runs here keep their MLflow store and data under tmp_path
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI") and not k.startswith("AWS_")}
     return {**env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
             # token auth as on real clusters: both nodes and every client read the same token file
             **services.ray_client_env(token_path),
