@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from orchestrator.cluster import KUBERAY_TOKEN_KEY, KUBERAY_TOKEN_SECRET
+from orchestrator.services import NORMAL_PRIORITY
 
 SPEC_MOUNT = "/etc/sciscale"
 SPEC_FILE = "spec.yaml"
@@ -157,7 +158,7 @@ def _ray_version() -> str:
 
 def _env(spec: Any, run_id: str) -> list[dict]:
     env = [{"name": "SCISCALE_RUN_ID", "value": run_id}, {"name": "RAY_DEDUP_LOGS", "value": "0"},
-           {"name": "RAY_worker_niceness", "value": "0"}, *RAY_AUTH_ENV]  # training at normal priority
+           *({"name": k, "value": v} for k, v in NORMAL_PRIORITY.items()), *RAY_AUTH_ENV]
     if spec.tracking.uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": spec.tracking.uri})
     if spec.storage.endpoint_url:
