@@ -1,0 +1,90 @@
+"""What the peer benchmarks share (benchmarks/peer_atoms.py, benchmarks/peer_pde.py): one sciscale launch and
+one peer run, each reduced to the same figures, so both sides are measured the same way.
+
+- ``launch``: `sciscale launch` as a user runs it; launch to first step is the ``startup:`` line rank 0 prints,
+  the step time is the median ``step_time_s`` rank 0 logs (a whole optimizer step, data wait included).
+- ``clocked``: a peer's own command in a child process under a step clock: torch's global optimizer-step hook
+  stamps every step, so launch to first step is the first stamp less the moment the child was started, and the
+  step time is the median gap between consecutive stamps (its data loading included, as in sciscale's).
+
+The clock is this file run as a script: ``python benchmarks/peers.py STAMPS.json -m module args...`` (or a
+script path instead of ``-m module``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP = re.compile(r"^step (\d+): .*step_time_s=([0-9.e-]+)")
+STARTUP = re.compile(r"startup: launch to first step ([0-9.]+) s")
+LAUNCHED_AT = "SCISCALE_PEER_LAUNCHED_AT"
+
+
+def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int) -> dict:
+    """One `sciscale launch`; {wall_s, first_step_s, step_s} (step_s: the median logged step time after the
+    first ``skip`` steps) and the run's directory."""
+    argv = [sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--run-id", run_id,
+            "--set", f"storage.runs_root={work}/runs", "--set", f"tracking.uri=sqlite:///{work}/mlflow.db"]
+    argv += [x for s in sets for x in ("--set", s)]
+    started = time.time()
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{run_id} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    run_dir = work / "runs" / run_id
+    log = (run_dir / "sciscale" / "logs" / "worker-rank0.log").read_text().splitlines()
+    first = [float(m.group(1)) for m in map(STARTUP.search, log) if m]
+    steps = [float(m.group(2)) for m in map(STEP.match, log) if m and int(m.group(1)) > skip]
+    if not first or not steps:
+        raise SystemExit(f"{run_id}: no startup line or no logged step after step {skip} in {run_dir}")
+    return {"wall_s": wall, "first_step_s": first[-1], "step_s": statistics.median(steps), "run_dir": str(run_dir)}
+
+
+def clocked(argv: list[str], stamps: Path, skip: int, cwd: Path, env: dict | None = None) -> dict:
+    """A peer's command (``[-m module | script] args...``) under the step clock; the same figures as ``launch``."""
+    started = time.time()
+    child_env = {**os.environ, **(env or {}), LAUNCHED_AT: repr(started)}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(stamps), *argv], cwd=cwd,
+                          capture_output=True, text=True, env=child_env)
+    wall = time.time() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"peer {argv[:2]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    times = json.loads(stamps.read_text())
+    gaps = [b - a for a, b in zip(times[skip:], times[skip + 1:])]
+    if not gaps:
+        raise SystemExit(f"peer {argv[:2]}: {len(times)} optimizer steps, none after step {skip}")
+    return {"wall_s": wall, "first_step_s": times[0] - started, "step_s": statistics.median(gaps),
+            "steps": len(times)}
+
+
+def _clock(stamps_path: str, argv: list[str]) -> None:
+    import atexit
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    stamps: list[float] = []
+    register_optimizer_step_post_hook(lambda *_: stamps.append(time.time()))
+    atexit.register(lambda: Path(stamps_path).write_text(json.dumps(stamps)))
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = argv
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+def median_of(rows: list[dict], key: str) -> tuple[float, float, float]:
+    values = [r[key] for r in rows]
+    return statistics.median(values), min(values), max(values)
+
+
+if __name__ == "__main__":
+    _clock(sys.argv[1], sys.argv[2:])
