@@ -159,6 +159,10 @@ class TrainSpec(BaseModel):
     sync: the step waits for the upload too."""
     log_every: int = Field(default=10, ge=1)
     """Log training metrics every N steps."""
+    profile_steps: int = Field(default=0, ge=0)
+    """Profile N steps with torch.profiler, 10 steps after the start (and after each restart): every rank prints
+    where its step time went (data wait, forward and loss, backward, optimizer step, and the gloo/NCCL
+    collectives inside them) to its log; rank 0 logs them as profile/* metrics (0: off)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Numerics of forward/backward: bf16 runs the forward under torch.autocast (bf16 matmuls and convolutions, fp32
     weights and optimizer state; not on MACE)."""

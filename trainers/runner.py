@@ -17,6 +17,7 @@ from orchestrator import lineage, startup
 from orchestrator.spec import JobSpec
 from trainers import checkpoint, ds, weights
 from trainers import faults, resilience
+from trainers import profile as step_profile
 from trainers.logged_models import build_model_logger
 from trainers.tracking import MetricLogger, NullLogger, read_points, write_points
 
@@ -41,6 +42,7 @@ class Runner:
         self._audit_lines: list[dict] = []
         self.skip_steps = resilience.read_skip_steps(run) if run.get("runs_root") else set()
         self.iteration_s: list[float] = []
+        self.profile = step_profile.StepProfile(0, 0, 0)  # train.profile_steps: set up when the loop starts
         self._started = time.time()
         self.logging_s = 0.0
         self.logger = (MetricLogger(run["tracking_uri"], run["mlflow_run_id"], spec.tracking.flush_every_s)
@@ -160,6 +162,7 @@ class Runner:
         batches = iter(self.train_loader)
         window: list[tuple[float, float, float]] = []
         last: dict = {}
+        self.profile = step_profile.StepProfile(t.profile_steps, self.step, t.max_steps)
         while self.step < t.max_steps:
             started = time.perf_counter()
             if self.step + 1 in self.skip_steps:  # rolled back after a non-finite loss: this batch is skipped
@@ -167,8 +170,11 @@ class Runner:
                 self.step += 1
                 self.nonfinite_skipped += 1
                 continue
+            self.profile.begin(self.step + 1)
             loss, step_time, wait = self._train_step(batches)
             self.step += 1
+            if (profiled := self.profile.end(self.step)) is not None:
+                self._log_profile(profiled)
             if self._started is not None and self.rank == 0:  # once per group start: time until training moves
                 print(f"[rank 0] first step after start: step {self.step} done at {time.time():.3f} "
                       f"({time.time() - self._started:.1f} s after the worker started)", flush=True)
@@ -201,7 +207,8 @@ class Runner:
 
     def _train_step(self, batches) -> tuple[float, float, float]:
         start = time.perf_counter()
-        micro_batches = next(batches)
+        with self.profile.phase("data wait"):
+            micro_batches = next(batches)
         wait = time.perf_counter() - start
         if self._started is not None:
             startup.mark("first batch")
@@ -210,18 +217,21 @@ class Runner:
         if self.spec.train.audit_samples:
             self._audit(torch.cat([b["sample_id"] for b in micro_batches]))
         for i, batch in enumerate(micro_batches):
-            batch = _to_device(batch, self.engine.device)
-            outputs = self.engine(batch)
-            loss = self.family.loss(outputs, batch, self.spec.model)
+            with self.profile.phase("forward and loss"):
+                batch = _to_device(batch, self.engine.device)
+                outputs = self.engine(batch)
+                loss = self.family.loss(outputs, batch, self.spec.model)
             if i == 0 and faults.poisoned(self.step + 1):
                 loss = loss * float("nan")
             if not self._finite(loss):
                 # policy "skip": a backward of exact zeros keeps DeepSpeed's accumulation and reduction in step
                 loss = sum(p.sum() for p in self.engine.module.parameters() if p.requires_grad) * 0.0
-            self.engine.backward(loss)
+            with self.profile.phase("backward"):
+                self.engine.backward(loss)
             if i == len(micro_batches) - 1 and self.spec.distributed.zero_stage == 0:
                 self._grad_norm = _local_grad_norm(self.engine.module)  # ZeRO-0 does not record it
-            self.engine.step()
+            with self.profile.phase("optimizer step"):
+                self.engine.step()
             total += loss.detach().float().item()
         return total / len(micro_batches), time.perf_counter() - start, wait
 
@@ -236,6 +246,11 @@ class Runner:
                               "worker start to first step"), flush=True)
         metrics = {startup.metric_name(p): s for p, s in spans}
         self.logger.log({**metrics, "startup/first_step_s": sum(s for _, s in spans)}, self.step)
+
+    def _log_profile(self, profiled: dict[str, float]) -> None:
+        """train.profile_steps: every rank prints its step profile; rank 0 logs it as profile/* metrics."""
+        print(step_profile.line(profiled, self.profile.first, self.profile.last, self.rank), flush=True)
+        self.logger.log({step_profile.metric_name(k): v for k, v in profiled.items()}, self.step)
 
     def _log_train(self, window) -> dict:
         losses = torch.tensor([sum(w[0] for w in window) / len(window)], dtype=torch.float64)
