@@ -19,7 +19,9 @@ order.
 
 Figures (benchmarks/peers.py measures both sides the same way): steady-state step time (median after the first
 epoch), launch to first step, wall time of the whole command, and the held-out errors from one evaluation
-function for every model (ASE calculators: mace's MACECalculator, sciscale's SciscaleCalculator)."""
+function for every model (ASE calculators: mace's MACECalculator, sciscale's SciscaleCalculator). Each sciscale
+run also profiles steps 11-30 (`train.profile_steps`: data wait, forward, backward, optimizer step, collectives per
+rank), which the step time leaves out."""
 
 from __future__ import annotations
 
@@ -106,7 +108,8 @@ def sciscale_spec(work: Path, attrs: dict, arch: str, workers: int, steps: int, 
         "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "grad_clip": 10.0,
                   "schedule": {"kind": "constant", "warmup_steps": 0}},
         "train": {"global_batch_size": BATCH, "micro_batch_size": BATCH // workers, "max_steps": steps,
-                  "checkpoint_every": steps, "eval_every": 0, "log_every": 10, "seed": seed},
+                  "checkpoint_every": steps, "eval_every": 0, "log_every": 10, "seed": seed,
+                  "profile_steps": 20},  # steps 11-30, inside the first epoch that the step time leaves out
         "distributed": {"workers": workers, "zero_stage": 2 if workers > 1 else 0,
                         "resources_per_worker": {"CPU": 2 // workers}},
         "tracking": {"experiment": "peer-atoms"},
@@ -200,6 +203,9 @@ def print_table(rows: list[dict], names: list[str]) -> None:
         loads = [r["load_avg_1m"] for r in mine]
         cells.append(f"{min(loads):.1f}-{max(loads):.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for row in rows:
+        for text in row.get("profile", []):
+            print(f"{row['config']}, repeat {row['repeat']}: {text}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ LAUNCHED_AT = "SCISCALE_PEER_LAUNCHED_AT"
 
 def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int) -> dict:
     """One `sciscale launch`; {wall_s, first_step_s, step_s} (step_s: the median logged step time after the
-    first ``skip`` steps) and the run's directory."""
+    first ``skip`` steps), the run's directory and the ranks' step profiles (train.profile_steps) if any."""
     argv = [sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--run-id", run_id,
             "--set", f"storage.runs_root={work}/runs", "--set", f"tracking.uri=sqlite:///{work}/mlflow.db"]
     argv += [x for s in sets for x in ("--set", s)]
@@ -45,7 +45,10 @@ def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int
     steps = [float(m.group(2)) for m in map(STEP.match, log) if m and int(m.group(1)) > skip]
     if not first or not steps:
         raise SystemExit(f"{run_id}: no startup line or no logged step after step {skip} in {run_dir}")
-    return {"wall_s": wall, "first_step_s": first[-1], "step_s": statistics.median(steps), "run_dir": str(run_dir)}
+    profiles = [line for path in sorted((run_dir / "sciscale" / "logs").glob("worker-rank*.log"))
+                for line in path.read_text().splitlines() if line.startswith("profile (rank")]
+    return {"wall_s": wall, "first_step_s": first[-1], "step_s": statistics.median(steps), "run_dir": str(run_dir),
+            "profile": profiles}
 
 
 def clocked(argv: list[str], stamps: Path, skip: int, cwd: Path, env: dict | None = None) -> dict:

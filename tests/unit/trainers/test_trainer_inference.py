@@ -71,7 +71,12 @@ def test_split_across_cpu_and_disk_equals_the_plain_model(tmp_path, model_spec):
     with torch.no_grad():
         want, got, trained = plain(batch), split(batch), reference(batch)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    torch.testing.assert_close(want, trained, rtol=0, atol=0)  # the plain load is the model that was saved
+    # the plain load is the model that was saved: the same tensors (its outputs may differ in the last bit where
+    # the CPU kernels pick another code path for other memory layouts, as on some machines for ClimaX)
+    saved = reference.state_dict()
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(want, trained, rtol=0, atol=1e-6)
     assert not any(p.requires_grad for p in split.parameters()) and not split.training
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 import torch.distributed as dist
 
@@ -19,14 +18,7 @@ def test_the_window_starts_after_the_warm_up_of_this_group_and_stops_at_the_last
     assert profile.StepProfile(5, 0, 10).last == 0 and profile.StepProfile(0, 0, 100).last == 0
 
 
-@pytest.fixture
-def one_rank_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def test_each_phase_and_each_collective_is_timed_per_step(one_rank_group):
+def test_each_phase_and_each_collective_is_timed_per_step(process_group):
     prof = profile.StepProfile(2, 0, 20)
     results = []
     for step in range(1, 21):
