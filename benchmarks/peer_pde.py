@@ -17,8 +17,8 @@ Both sides train the same model: neuraloperator's `FNO` with models/pde/config.p
 (residual would add the input and zero the last layer); the same seed gives both the same initial weights
 (checked). Same loss: sciscale's relative L1 per channel on normalised fields (models/pde/loss.py
 ``relative_l1``, batch mean), imported by the peer. Same optimizer: torch AdamW, betas (0.9, 0.999), eps 1e-8,
-weight decay on tensors of 2 or more dimensions only (sciscale's rule; the spectral convolutions' [C, 1, 1] biases
-are decayed on both sides), warmup + cosine per optimizer step, no gradient clipping (``optim.grad_clip: null`` on
+weight decay on weight tensors of 2 or more dimensions only (sciscale's rule: not on biases, the spectral
+convolutions' [C, 1, 1] ones included), warmup + cosine per optimizer step, no gradient clipping (``optim.grad_clip: null`` on
 sciscale; neuralop's Trainer has none). neuralop's Trainer steps its scheduler once per epoch: the peer's
 LambdaLR is stepped after every optimizer step by an optimizer hook instead and the Trainer's epoch call is a
 no-op; the peer trains one Trainer epoch over the ``steps`` batches (shuffle off: the plan's order). Checked
@@ -118,8 +118,8 @@ def peer_model(size: str, in_channels: int, out_channels: int):
 
 
 def peer_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("bias")]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2 or n.endswith("bias")]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
                              lr=lr, betas=BETAS, eps=EPS)
 

@@ -31,8 +31,8 @@ def _decay_groups(model: torch.nn.Module, weight_decay: float, lr: float, params
 
     named = params if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups: dict[tuple[bool, float], list] = {}
-    for _, p in named:
-        groups.setdefault((_ndim(p) >= 2, lr_multiplier(p)), []).append(p)
+    for name, p in named:  # a bias shaped [C, 1, 1] to broadcast over a grid (FNO's spectral convolutions) is a bias
+        groups.setdefault((_ndim(p) >= 2 and not name.endswith("bias"), lr_multiplier(p)), []).append(p)
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * mult, "eps": ADAM_EPS * mult}
             for (decay, mult), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 

@@ -62,6 +62,19 @@ def test_weight_decay_only_on_matrices():
         assert decays == {1: 0.1, 3: 0.0}
 
 
+def test_weight_decay_leaves_out_biases_shaped_to_broadcast():
+    from models.pde.config import PdeModelSpec
+    from models.pde.fno import PdeFNO
+
+    model = PdeFNO(PdeModelSpec(family="pde", arch="fno", size="debug", in_channels=2, resolution=32))
+    opt = optimizers.build_optimizer(model, AdamWSpec(weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "operator.fno_blocks.convs.0.weight_ri" in names
+    assert not any(n.endswith("bias") for n in names)
+    assert model.operator.fno_blocks.convs[0].bias.shape[1:] == (1, 1)  # the case: 3 dimensions, still a bias
+
+
 def test_offload_and_zero3_config():
     cfg = ds.ds_config(_train(precision="bf16"), AdamWSpec(grad_clip=None),
                        DistributedSpec(zero_stage=3, offload_optimizer=True, offload_params=True), 2)
