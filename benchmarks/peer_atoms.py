@@ -94,7 +94,7 @@ def mace_argv(work: Path, name: str, attrs: dict, epochs: int, seed: int) -> lis
             "--forces_weight=10.0", "--optimizer=adamw", "--lr=0.01", "--weight_decay=0.0",
             "--scheduler=ExponentialLR", "--lr_scheduler_gamma=1.0", "--clip_grad=10.0",
             f"--batch_size={BATCH}", f"--valid_batch_size={BATCH}", f"--max_num_epochs={epochs}",
-            f"--eval_interval={epochs}", "--num_workers=0"]
+            "--eval_interval=1", "--num_workers=0"]
 
 
 def sciscale_spec(work: Path, attrs: dict, arch: str, workers: int, steps: int, seed: int) -> Path:
@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     import ase.io
     import torch
 
-    os.environ["OMP_NUM_THREADS"] = "2"  # the peer's 2 threads; Ray sets each worker's own
     work = Path(tempfile.mkdtemp(prefix="sciscale-peer-atoms-"))
     attrs = write_data(work, {"train": args.train, "val": args.val, "test": args.test}, seed=0)
     test = ase.io.read(work / "test.xyz", ":")
@@ -165,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             load = os.getloadavg()[0]
             if arch == "peer":
                 figures = peers.clocked(mace_argv(work, run_id, attrs, args.epochs, repeat),
-                                        work / f"{run_id}.stamps.json", skip=steps_per_epoch, cwd=work)
+                                        work / f"{run_id}.stamps.json", skip=steps_per_epoch, cwd=work,
+                                        env={"OMP_NUM_THREADS": "2"})
                 from mace.calculators import MACECalculator
 
                 calc = MACECalculator(model_paths=str(work / run_id / f"{run_id}.model"), device="cpu",
