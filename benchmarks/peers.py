@@ -22,10 +22,18 @@ import sys
 import time
 from pathlib import Path
 
+from startup import LINE as STARTUP  # benchmarks/startup.py: rank 0's startup line, its total in group 1
+
 ROOT = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"^step (\d+): .*step_time_s=([0-9.e-]+)")
-STARTUP = re.compile(r"startup: launch to first step ([0-9.]+) s")
-LAUNCHED_AT = "SCISCALE_PEER_LAUNCHED_AT"
+
+
+def step_time(lines: list[str], skip: int) -> float:
+    """Median logged step time of rank 0 (its ``step N: ... step_time_s=`` lines) after the first ``skip`` steps."""
+    times = [float(m.group(2)) for m in map(STEP.match, lines) if m and int(m.group(1)) > skip]
+    if not times:
+        raise ValueError(f"no logged step after step {skip}")
+    return statistics.median(times)
 
 
 def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int) -> dict:
@@ -42,21 +50,19 @@ def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int
     run_dir = work / "runs" / run_id
     log = (run_dir / "sciscale" / "logs" / "worker-rank0.log").read_text().splitlines()
     first = [float(m.group(1)) for m in map(STARTUP.search, log) if m]
-    steps = [float(m.group(2)) for m in map(STEP.match, log) if m and int(m.group(1)) > skip]
-    if not first or not steps:
-        raise SystemExit(f"{run_id}: no startup line or no logged step after step {skip} in {run_dir}")
+    if not first:
+        raise SystemExit(f"{run_id}: no startup line in {run_dir}")
     profiles = [line for path in sorted((run_dir / "sciscale" / "logs").glob("worker-rank*.log"))
                 for line in path.read_text().splitlines() if line.startswith("profile (rank")]
-    return {"wall_s": wall, "first_step_s": first[-1], "step_s": statistics.median(steps), "run_dir": str(run_dir),
+    return {"wall_s": wall, "first_step_s": first[-1], "step_s": step_time(log, skip), "run_dir": str(run_dir),
             "profile": profiles}
 
 
 def clocked(argv: list[str], stamps: Path, skip: int, cwd: Path, env: dict | None = None) -> dict:
     """A peer's command (``[-m module | script] args...``) under the step clock; the same figures as ``launch``."""
     started = time.time()
-    child_env = {**os.environ, **(env or {}), LAUNCHED_AT: repr(started)}
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(stamps), *argv], cwd=cwd,
-                          capture_output=True, text=True, env=child_env)
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.time() - started
     if proc.returncode != 0:
         raise SystemExit(f"peer {argv[:2]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

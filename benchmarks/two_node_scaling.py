@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -22,17 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration" / "infra")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration" / "infra"), str(ROOT / "benchmarks")]
+import peers  # noqa: E402
 SPEC = ROOT / "examples" / "quickstart.yaml"
-STEP = re.compile(r"^step (\d+): .*step_time_s=([0-9.e-]+)")
-
-
-def step_time(log: str, skip: int) -> float:
-    """Median logged step time of rank 0 after the first ``skip`` steps."""
-    times = [float(m.group(2)) for m in map(STEP.match, log.splitlines()) if m and int(m.group(1)) > skip]
-    if not times:
-        raise ValueError("no logged step after the warm-up")
-    return statistics.median(times)
 
 
 def run(nodes, work: Path, name: str, workers: int, per_worker_batch: int, steps: int) -> float:
@@ -54,7 +45,8 @@ def run(nodes, work: Path, name: str, workers: int, per_worker_batch: int, steps
         time.sleep(2)
     if job["status"] != "SUCCEEDED":
         raise SystemExit(f"{name}: {job}")
-    return step_time((work / "runs" / name / "sciscale" / "logs" / "worker-rank0.log").read_text(), skip=10)
+    return peers.step_time((work / "runs" / name / "sciscale" / "logs" / "worker-rank0.log").read_text().splitlines(),
+                           skip=10)
 
 
 def main(argv: list[str] | None = None) -> int:
