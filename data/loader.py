@@ -57,7 +57,8 @@ def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, 
                        in_memory=data_spec.in_memory)
     # a worker keeps maps only of shards that can be in use together, so released files are unmapped soon
     in_use = (data_spec.canonical_streams // max(1, world_size)) * (data_spec.shuffle_window + 2) + data_spec.prefetch
-    reader = ShardSampleDataset(fields, manifests, transform, collate, seed, max_open=max(2, in_use))
+    reader = ShardSampleDataset(fields, manifests, transform, collate, seed, max_open=max(2, in_use),
+                                cache_bytes=data_spec.transform_cache_mib << 20)
     return StepLoader(plan, cache, reader, split=split, rank=rank, world_size=world_size, micro_batch=micro_batch,
                       start_step=start_step, prefetch=data_spec.prefetch, num_workers=data_spec.num_workers,
                       cache_limit=data_spec.cache_limit_bytes)
@@ -104,11 +105,14 @@ class ShardSampleDataset(Dataset):
     """Runs in DataLoader workers: maps shard files, decodes one micro-batch task, transforms, collates."""
 
     def __init__(self, fields: list[str], manifests: list[Manifest], transform, collate, seed: int,
-                 max_open: int = 64) -> None:
+                 max_open: int = 64, cache_bytes: int = 0) -> None:
         self.fields = fields
         self.specs = [{f: m.fields[f] for f in fields} for m in manifests]
         self.transform, self.collate, self.seed, self.max_open = transform, collate, seed, max_open
         self._open: collections.OrderedDict = collections.OrderedDict()
+        # data.transform_cache_mib: (dataset, sample id) -> transformed example, for `cacheable` transforms
+        self._examples: dict[tuple[int, int], dict] = {}
+        self._cache_room = cache_bytes
 
     def _view(self, source: "str | MemoryShard", d: int):
         """The views of one shard: a local file (mapped) or a shard held in memory."""
@@ -160,14 +164,22 @@ class ShardSampleDataset(Dataset):
 
     def _per_sample(self, views, task: dict) -> dict:
         examples = []
+        datasets = task["path_dataset"].tolist()
         for v, idx, sid, epoch in zip(task["path_idx"].tolist(), task["index"].tolist(), task["sample_id"].tolist(),
                                       task["epoch"].tolist()):
-            sample = views[v].sample(idx)
             transform = self.transform
             if isinstance(transform, (list, tuple)):  # one per dataset of a mixture (own normalisation)
-                transform = transform[int(task["path_dataset"][v])]
+                transform = transform[datasets[v]]
+            cached = self._examples.get((datasets[v], sid))
+            if cached is not None:
+                examples.append(cached)
+                continue
+            sample = views[v].sample(idx)
             if transform is not None:
                 sample = transform(sample, np.random.default_rng([self.seed, epoch, sid]))
+                if getattr(transform, "cacheable", False) and self._cache_room > 0:
+                    self._cache_room -= _nbytes(sample)
+                    self._examples[(datasets[v], sid)] = sample
             examples.append(sample)
         if self.collate is not None:
             return self.collate(examples)
@@ -175,6 +187,11 @@ class ShardSampleDataset(Dataset):
 
     def __len__(self) -> int:  # tasks come from the sampler; DataLoader never asks for a length here
         raise TypeError("ShardSampleDataset is indexed by task dicts from the StepLoader")
+
+
+def _nbytes(example: dict) -> int:
+    """Memory an example holds: its arrays' bytes plus a small charge for each entry."""
+    return sum(getattr(value, "nbytes", 0) + 64 for value in example.values())
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -29,6 +29,9 @@ class AtomsTransform:
     max_neighbors: int
     mean_atoms: float | None = None
     """Mean atom count of the training set; the force loss divides by it (see docs/atoms.md)."""
+    cacheable = True
+    """The example depends on the stored structure alone (no augmentation): the loader keeps it for later epochs
+    (data.transform_cache_mib), as mace-torch builds its neighbour lists once before training."""
 
     def __call__(self, sample: dict, rng=None) -> dict:
         missing = [k for k in _REQUIRED if k not in sample]

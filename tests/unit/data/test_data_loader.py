@@ -237,6 +237,48 @@ def test_mixture_applies_each_dataset_its_own_transform(dataset, tmp_path):
         loader.close()
 
 
+class _Counted:
+    """A transform of the sample alone (no rng), so the loader may keep its examples for later epochs."""
+    cacheable = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, sample, rng):
+        self.calls += 1
+        return {"x": sample["x"].copy(), "n": np.array(len(sample["pos"]))}
+
+
+@pytest.mark.parametrize("mib, kept", [(0, "none"), (1, "all"), (None, "some")])
+def test_transform_cache_runs_a_cacheable_transform_once_per_sample(dataset, mib, kept):
+    """Three epochs: the stream is the same with or without the cache; with room for every example each sample
+    is transformed once, with none every time, and a cache too small for all stops growing when full."""
+    spec = _spec(dataset, transform_cache_mib=mib or 0)
+    steps = 3 * 203 // B
+    out = {}
+    for name, s in (("plain", _spec(dataset, transform_cache_mib=0)), ("cached", spec)):
+        transform = _Counted()
+        loader = build_loader(s, s.train, split="train", rank=0, world_size=1, global_batch=B, micro_batch=MICRO,
+                              seed=7, transform=transform)
+        if name == "cached" and mib is None:  # room for 50 of the 203 examples: 16 + 8 bytes of arrays, 64 per entry
+            loader.reader._cache_room = 50 * (16 + 8 + 2 * 64)
+        try:
+            batches = [mb for _, step in zip(range(steps), loader) for mb in step]
+            kept_ids = [sid for _, sid in loader.reader._examples]
+        finally:
+            loader.close()
+        ids = np.concatenate([mb["sample_id"].numpy() for mb in batches])
+        np.testing.assert_array_equal(np.concatenate([mb["x"][:, 0].numpy() for mb in batches]), ids)
+        out[name] = (ids, np.concatenate([mb["n"].numpy() for mb in batches]), transform.calls, kept_ids)
+    (ids, n, plain_calls, _), (cached_ids, cached_n, calls, kept_ids) = out["plain"], out["cached"]
+    np.testing.assert_array_equal(cached_ids, ids)
+    np.testing.assert_array_equal(cached_n, n)
+    assert plain_calls == len(ids) > 2 * 203
+    assert len(kept_ids) == {"none": 0, "all": 203}.get(kept, 50), len(kept_ids)
+    # every sample is transformed at each appearance, but a kept one only at its first
+    assert calls == len(ids) - sum(int((ids == sid).sum()) - 1 for sid in kept_ids), calls
+
+
 @pytest.mark.parametrize("shape", [(3,), (4, 64, 64)])  # small rows: void take; 64 KiB rows: one memmove each
 @pytest.mark.parametrize("shards", [1, 3])
 def test_fixed_field_gather_equals_fancy_indexing(shape, shards):
