@@ -3,6 +3,8 @@ one peer run, each reduced to the same figures, so both sides are measured the s
 
 - ``launch``: `sciscale launch` as a user runs it; launch to first step is the ``startup:`` line rank 0 prints,
   the step time is the median ``step_time_s`` rank 0 logs (a whole optimizer step, data wait included).
+- ``settle``, before either: the previous launch's Ray processes have exited (they took a share of the 2 cores
+  from whatever ran next, the peer included, for up to half a minute).
 - ``clocked``: a peer's own command in a child process under a step clock: torch's global optimizer-step hook
   stamps every step, so launch to first step is the first stamp less the moment the child was started, and the
   step time is the median gap between consecutive stamps (its data loading included, as in sciscale's).
@@ -36,12 +38,28 @@ def step_time(lines: list[str], skip: int) -> float:
     return statistics.median(times)
 
 
+def settle(timeout_s: float = 90.0, quiet_s: float = 3.0) -> float:
+    """Wait until no Ray process (a local Ray's GCS, raylet, dashboard, workers) is left on this machine, then
+    ``quiet_s`` more; returns the seconds waited."""
+    import psutil
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        names = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+        if not any(("ray::" in n or "/ray/core/src/" in n or "ray/dashboard" in n) for n in names):
+            break
+        time.sleep(1.0)
+    time.sleep(quiet_s)
+    return time.monotonic() - started
+
+
 def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int) -> dict:
     """One `sciscale launch`; {wall_s, first_step_s, step_s} (step_s: the median logged step time after the
     first ``skip`` steps), the run's directory and the ranks' step profiles (train.profile_steps) if any."""
     argv = [sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--run-id", run_id,
             "--set", f"storage.runs_root={work}/runs", "--set", f"tracking.uri=sqlite:///{work}/mlflow.db"]
     argv += [x for s in sets for x in ("--set", s)]
+    settle()
     started = time.time()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - started
@@ -60,6 +78,7 @@ def launch(spec: str | Path, run_id: str, sets: list[str], work: Path, skip: int
 
 def clocked(argv: list[str], stamps: Path, skip: int, cwd: Path, env: dict | None = None) -> dict:
     """A peer's command (``[-m module | script] args...``) under the step clock; the same figures as ``launch``."""
+    settle()
     started = time.time()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(stamps), *argv], cwd=cwd,
                           capture_output=True, text=True, env={**os.environ, **(env or {})})

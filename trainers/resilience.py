@@ -135,6 +135,15 @@ def write_audit(run: dict, lines: list[dict]) -> None:
         f.write("".join(json.dumps(line) + "\n" for line in lines))
 
 
+def batch_digest(ids) -> str:
+    """The audit's record of one global batch: a hash of its sorted sample ids (the same for every world size)."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:16]
+
+
 def read_audit(runs_root: str, run_id: str, storage=None) -> dict[int, str]:
     """step -> sample-id hash; a replayed step keeps its latest record."""
     from orchestrator.runs import runs_fs

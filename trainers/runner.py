@@ -280,16 +280,13 @@ class Runner:
 
     def _audit(self, ids: torch.Tensor) -> None:
         """Record a hash of the global batch's sample ids for this step (train.audit_samples)."""
-        import hashlib
-
         parts: list = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(parts, ids.tolist())
         else:
             parts = [ids.tolist()]
         if self.rank == 0:
-            merged = sorted(i for part in parts for i in part)
-            digest = hashlib.sha256(np.asarray(merged, dtype=np.int64).tobytes()).hexdigest()[:16]
+            digest = resilience.batch_digest([i for part in parts for i in part])
             self._audit_lines.append({"step": self.step + 1, "ids": digest, "world_size": self.world})
 
     def _flush_audit(self) -> None:

@@ -195,6 +195,13 @@ class BackgroundMonitor:
 
     def __init__(self, run: dict, rank: int, every_s: float):
         self.monitor = None
+        # MLflow's monitor imports scipy in the thread while the model build imports scipy.signal (e3nn, under
+        # MACE) here: the two imports of the same package raced and failed a worker with KeyError: 'scipy' (seen
+        # once in nine MACE launches). The package itself is imported first, here (its submodules load lazily).
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            pass
         self._thread = threading.Thread(target=self._start, args=(run, rank, every_s), name="start-system-metrics",
                                         daemon=True)
         self._thread.start()

@@ -428,13 +428,24 @@ def ns32_local(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def muon_reference(ns32_local, ray_head, mlflow_server, tmp_path_factory):
-    """The Muon elastic run's uninterrupted twin (2 workers throughout)."""
-    runs = tmp_path_factory.mktemp("ref-muon-runs")
-    proc = _start(_argv(str(ns32_local), runs, mlflow_server.endpoint, "reference-muon", MUON), _env(ray_head),
-                  runs.parent / "launch.log")
-    _finish(proc)
-    return {"audit": read_audit(str(runs), "reference-muon")}
+def muon_plan(ns32_local):
+    """The sample stream an uninterrupted Muon run records, read from the loader in this process (the plan is the
+    same for every world size), so that no reference run is needed: step -> hash of the global batch's ids."""
+    from data.loader import build_loader
+    from orchestrator.specload import load_spec
+    from trainers.resilience import batch_digest
+
+    spec = load_spec(SPEC, [f"data.train.0.url={ns32_local}/train", f"data.val.0.url={ns32_local}/val",
+                            "data.num_workers=0", *COMMON, *MUON], check_files=False)
+    t = spec.train
+    loader = build_loader(spec.data, spec.data.train, split="train", rank=0, world_size=1,
+                          global_batch=t.global_batch_size, micro_batch=t.global_batch_size, seed=t.seed,
+                          storage=spec.storage)
+    try:
+        return {"audit": {step: batch_digest(torch.cat([b["sample_id"] for b in batches]))
+                          for step, batches in zip(range(1, STEPS + 1), loader)}}
+    finally:
+        loader.close()
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -446,8 +457,7 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(optimizer, request, mlflow_
     data, reference, ref_name, extra = (
         (request.getfixturevalue("ns_local"), request.getfixturevalue("reference"), "reference", ELASTIC)
         if optimizer == "adamw" else
-        (request.getfixturevalue("ns32_local"), request.getfixturevalue("muon_reference"), "reference-muon",
-         ELASTIC + MUON))
+        (request.getfixturevalue("ns32_local"), request.getfixturevalue("muon_plan"), None, ELASTIC + MUON))
     run_id = f"elastic-{optimizer}"
     faults, env = _faults(tmp_path, "step@20", "step@50")
     head = services.start_ray_head(tmp_path / "ray", num_cpus=4, resources={"slot": 1})
@@ -478,10 +488,10 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(optimizer, request, mlflow_
     assert sizes[19] == 2.0 and sizes[STEPS] == 2.0 and 1.0 in sizes.values(), f"{sizes}\n{out[-3000:]}"
     assert "saved at world size 2, now 1" in out and "saved at world size 1, now 2" in out, out[-4000:]
     assert read_audit(str(runs), run_id) == reference["audit"]
-    ref, got = _metric(mlflow_server.endpoint, ref_name, "train/loss"), _metric(mlflow_server.endpoint, run_id,
-                                                                                    "train/loss")
-    assert sorted(got) == sorted(ref) == list(range(1, STEPS + 1))
+    got = _metric(mlflow_server.endpoint, run_id, "train/loss")
+    assert sorted(got) == list(range(1, STEPS + 1))
     if optimizer == "adamw":
+        ref = _metric(mlflow_server.endpoint, ref_name, "train/loss")
         worst = max(abs(got[step] - value) / abs(value) for step, value in ref.items())
         print(f"largest relative loss difference: {worst:.3g}")
         assert worst <= 1e-4, f"loss curve differs from the uninterrupted run by up to {worst:.3g} relative"
@@ -499,8 +509,6 @@ def test_elastic_shrink_and_grow_keeps_sample_stream(optimizer, request, mlflow_
     worst = max(abs(losses[-1] - losses[0]) / abs(losses[0]) for losses in replayed.values())
     print(f"steps trained before and after a resize: {sorted(replayed)}; largest relative difference {worst:.3g}")
     assert worst <= 1e-3, f"a replayed step's loss differs by {worst:.3g} relative: {replayed}"
-    assert all(abs(got[step] - ref[step]) <= 1e-6 * abs(ref[step]) for step in range(1, resumed[0] + 1)), (
-        "the loss differs from the uninterrupted run before the first resize")
 
 
 def test_drain_notice_checkpoints_before_the_node_goes(ns_local, mlflow_server, tmp_path):
