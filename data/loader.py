@@ -57,8 +57,9 @@ def build_loader(data_spec, sources, *, split: str, rank: int, world_size: int, 
                        in_memory=data_spec.in_memory)
     # a worker keeps maps only of shards that can be in use together, so released files are unmapped soon
     in_use = (data_spec.canonical_streams // max(1, world_size)) * (data_spec.shuffle_window + 2) + data_spec.prefetch
+    cache_bytes = data_spec.transform_cache_mib << 20 if split == "train" else 0  # a val pass never comes back
     reader = ShardSampleDataset(fields, manifests, transform, collate, seed, max_open=max(2, in_use),
-                                cache_bytes=data_spec.transform_cache_mib << 20)
+                                cache_bytes=cache_bytes)
     return StepLoader(plan, cache, reader, split=split, rank=rank, world_size=world_size, micro_batch=micro_batch,
                       start_step=start_step, prefetch=data_spec.prefetch, num_workers=data_spec.num_workers,
                       cache_limit=data_spec.cache_limit_bytes)

@@ -100,7 +100,7 @@ class DataSpec(BaseModel):
     cache_limit_bytes: int | None = Field(default=None, gt=0)
     """Upper bound on the shard cache size per rank (default: prefetch + shuffle_window shards)."""
     transform_cache_mib: int = Field(default=256, ge=0)
-    """Transformed examples kept in memory for later epochs, per rank and per DataLoader worker, for a family
+    """Transformed training examples kept in memory for later epochs, per rank and per DataLoader worker, for a family
     transform that depends on the sample alone (the atoms family's neighbour lists): from the second epoch on,
     the transform is not run again. Filled up to this size, then nothing more is added (a shuffled order would
     make an evicting cache miss as often as it hits). 0 = off."""
